@@ -1,0 +1,155 @@
+"""What images exist, what the engine said about them, and when that stops being true.
+
+The catalog holds one snapshot of the engine's image list and caches of the
+generated documents (inspect, history) by image ID. Every refresh compares the
+new snapshot with the old one and hands the difference to the listeners: that
+is the single point where caches and the kernel's view are invalidated, whether
+the change came from a control write, the events stream or a TTL expiring.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cachetools
+import trio
+
+from . import references
+from .engine import Engine
+from .references import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str  # 64 hex, no "sha256:"
+    created: int  # unix seconds
+    tags: tuple[str, ...]
+    digests: tuple[str, ...]
+
+
+@dataclass
+class Snapshot:
+    """The image list, indexed the ways the tree asks for it."""
+
+    images: dict[str, Image] = field(default_factory=dict)  # by ID
+    by_ref: dict[str, Image] = field(default_factory=dict)  # tagged and digest references
+    children: dict[Path, set[str]] = field(default_factory=dict)  # namespace path -> listed names
+    newest: dict[Path, int] = field(default_factory=dict)  # namespace path -> newest Created beneath
+
+    @classmethod
+    def from_list(cls, summaries: list[dict[str, Any]]) -> Snapshot:
+        snap = cls()
+        for s in summaries:
+            tags = tuple(t for t in s.get("RepoTags") or () if references.to_path(t))
+            digests = tuple(d for d in s.get("RepoDigests") or () if references.to_path(d))
+            image = Image(references.short_id(s["Id"]), int(s.get("Created") or 0), tags, digests)
+            snap.images[image.id] = image
+            for ref in tags + digests:
+                snap.by_ref[ref] = image
+            for ref in tags:
+                path = tuple(ref.split("/"))
+                for depth in range(len(path)):
+                    prefix = path[:depth]
+                    snap.children.setdefault(prefix, set()).add(path[depth])
+                    snap.newest[prefix] = max(snap.newest.get(prefix, 0), image.created)
+        return snap
+
+    def image_at(self, path: Path) -> Image | None:
+        return self.by_ref.get("/".join(path)) if references.is_image_path(path) else None
+
+    def is_namespace(self, path: Path) -> bool:
+        return path in self.children
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a refresh found different: references whose image changed, and images whose data changed."""
+
+    old: Snapshot
+    new: Snapshot
+    refs: frozenset[str]
+    ids: frozenset[str]
+
+    @classmethod
+    def between(cls, old: Snapshot, new: Snapshot) -> Change:
+        refs = {r for r in old.by_ref.keys() | new.by_ref.keys() if old.by_ref.get(r) != new.by_ref.get(r)}
+        ids = {i for i in old.images.keys() | new.images.keys() if old.images.get(i) != new.images.get(i)}
+        return cls(old, new, frozenset(refs), frozenset(ids))
+
+    def __bool__(self) -> bool:
+        return bool(self.refs or self.ids)
+
+
+Listener = Callable[[Change], Awaitable[None]]
+
+
+def pretty(doc: Any) -> bytes:
+    """The generated-file form of an engine answer: 2-space JSON, keys as sent, trailing newline."""
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+class Catalog:
+    def __init__(
+        self, engine: Engine, *, fallback_ttl: float = 1.0, live_ttl: float = 60.0,
+        cache_ttl: float = 60.0, cache_entries: int = 1024,
+    ) -> None:
+        self.engine = engine
+        self.fallback_ttl = fallback_ttl
+        self.live_ttl = live_ttl
+        self.events_live = False  # set by the events follower
+        self.listeners: list[Listener] = []
+        self._snapshot = Snapshot()
+        self._fetched_at: float | None = None
+        self._lock = trio.Lock()
+        self._docs: cachetools.TTLCache[tuple[str, str], bytes] = cachetools.TTLCache(
+            cache_entries, cache_ttl, timer=trio.current_time
+        )
+
+    @property
+    def ttl(self) -> float:
+        return self.live_ttl if self.events_live else self.fallback_ttl
+
+    async def snapshot(self) -> Snapshot:
+        """The image list, fetched again once it is older than the TTL in force."""
+        if self._fetched_at is None or trio.current_time() - self._fetched_at >= self.ttl:
+            await self.refresh(only_if_stale=True)
+        return self._snapshot
+
+    async def refresh(self, only_if_stale: bool = False) -> Change:
+        """Fetch the list now (one fetch however many callers), drop what changed, tell the listeners."""
+        async with self._lock:
+            if only_if_stale and self._fetched_at is not None and trio.current_time() - self._fetched_at < self.ttl:
+                return Change.between(self._snapshot, self._snapshot)
+            started = trio.current_time()
+            new = Snapshot.from_list(await self.engine.list_images())
+            change = Change.between(self._snapshot, new)
+            self._snapshot, self._fetched_at = new, started
+            for image_id in change.ids:
+                for kind in ("inspect", "history"):
+                    self._docs.pop((image_id, kind), None)
+        if change:
+            log.debug("catalog changed: refs %s, ids %s", sorted(change.refs), sorted(change.ids))
+            for listener in self.listeners:
+                await listener(change)
+        return change
+
+    def forget(self) -> None:
+        """Drop everything cached (the events stream broke: nothing is known to be current)."""
+        self._fetched_at = None
+        self._docs.clear()
+
+    async def document(self, image_id: str, kind: str) -> bytes:
+        """`inspect` or `history` of an image, as the bytes a read returns."""
+        key = (image_id, kind)
+        doc = self._docs.get(key)
+        if doc is None:
+            fetch = self.engine.inspect if kind == "inspect" else self.engine.history
+            doc = pretty(await fetch(image_id))
+            self._docs[key] = doc
+        return doc

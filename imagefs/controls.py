@@ -1,0 +1,115 @@
+"""Control commands: the text written to a control file, checked, then sent as one engine call.
+
+Each command is a small class in one table; a new control file (pull, push,
+load, …) is one more entry. Parsing is pure and raises `BadCommand` before
+anything reaches the engine; running returns the outcome a person reads.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from . import references
+from .engine import Engine
+from .errors import BadCommand
+
+MAX_COMMAND = 4096  # bytes in one write; a longer one is no command
+
+
+def decode(data: bytes) -> str:
+    """One command line from one write: UTF-8, a trailing newline dropped, nothing else tolerated."""
+    if len(data) > MAX_COMMAND:
+        raise BadCommand(f"command longer than {MAX_COMMAND} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise BadCommand("command is not UTF-8 text") from exc
+    text = text.removesuffix("\n").removesuffix("\r")
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise BadCommand("one command per write: the text holds more than one line")
+    return text.strip()
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+class Command(ABC):
+    """A control file's behaviour: its usage line, how it parses, what it sends."""
+
+    usage: ClassVar[str]
+
+    @abstractmethod
+    def parse(self, text: str) -> Any:
+        """The engine parameters for a command line, or BadCommand."""
+
+    @abstractmethod
+    async def run(self, engine: Engine, target: str, params: Any) -> str:
+        """Send the command about `target`; the outcome as a person reads it."""
+
+
+class Tag(Command):
+    usage = "write 'repository[:tag]' to tag this image (the tag defaults to latest)"
+
+    def parse(self, text: str) -> tuple[str, str]:
+        try:
+            return references.parse_tag_target(text)
+        except ValueError as exc:
+            raise BadCommand(str(exc)) from exc
+
+    async def run(self, engine: Engine, target: str, params: tuple[str, str]) -> str:
+        repo, tag = params
+        await engine.tag(target, repo, tag)
+        return f"tagged {target} as {repo}:{tag}"
+
+
+class Delete(Command):
+    usage = "write an empty line to remove this reference; words 'force' and 'noprune' set those parameters"
+
+    def parse(self, text: str) -> dict[str, bool]:
+        words = text.split()
+        unknown = set(words) - {"force", "noprune"}
+        if unknown:
+            raise BadCommand(f"unknown word(s) {' '.join(sorted(unknown))!r}; use 'force' and/or 'noprune'")
+        return {"force": "force" in words, "noprune": "noprune" in words}
+
+    async def run(self, engine: Engine, target: str, params: dict[str, bool]) -> str:
+        answer = await engine.delete(target, **params)
+        if answer is None:
+            return f"dry-run: {target} not deleted"
+        lines = [f"{k.lower()} {v}" for item in answer for k, v in item.items()]
+        return "\n".join(lines) or f"deleted {target}"
+
+
+class Prune(Command):
+    usage = "write '' (dangling only), 'all', 'until=24h', 'label=k', 'label=k=v' or 'label!=k' (space-separated)"
+
+    def parse(self, text: str) -> dict[str, list[str]]:
+        filters: dict[str, list[str]] = {}
+        for word in text.split():
+            if word == "all":
+                filters.setdefault("dangling", []).append("false")
+            elif word.startswith(("until=", "label=", "label!=")) and word.split("=", 1)[1]:
+                key, value = word.split("=", 1)
+                filters.setdefault(key, []).append(value)
+            else:
+                raise BadCommand(f"unknown prune filter {word!r}; {self.usage}")
+        return filters
+
+    async def run(self, engine: Engine, target: str, params: dict[str, list[str]]) -> str:
+        answer = await engine.prune(params)
+        if answer is None:
+            return "dry-run: nothing pruned"
+        deleted = answer.get("ImagesDeleted") or []
+        lines = [f"{k.lower()} {v}" for item in deleted for k, v in item.items()]
+        reclaimed = int(answer.get("SpaceReclaimed") or 0)
+        lines.append(f"{len(deleted)} entries removed, {human_size(reclaimed)} reclaimed ({reclaimed} bytes)")
+        return "\n".join(lines)
+
+
+COMMANDS: dict[str, Command] = {"tag": Tag(), "delete": Delete(), "prune": Prune()}

@@ -1,0 +1,112 @@
+"""The mount's lifetime: engine, catalog, exports, the FUSE session and the background tasks.
+
+Everything is opened in one AsyncExitStack, in the order it is needed, each
+teardown pushed right after its resource; the FUSE session unmounts cleanly on
+SIGINT/SIGTERM and whenever `pyfuse3.main` returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .catalog import Catalog
+from .engine import Engine, EngineConfig
+from .errors import ImagefsError
+from .events import EventFollower
+from .exports import Exports
+from .fs import Operations
+from .nodes import Tree
+
+log = logging.getLogger(__name__)
+
+
+class MountError(Exception):
+    """A mount-time failure; its text is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    mountpoint: Path
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    read_only: bool = False
+    allow_other: bool = False
+    cache_dir: Path = Path.home() / ".cache" / "imagefs"
+    cache_size: int = 10 * 2**30
+    fallback_ttl: float = 1.0
+    live_ttl: float = 60.0
+    cache_ttl: float = 60.0
+    cache_entries: int = 1024
+
+    def fuse_options(self) -> set[str]:
+        opts = set(pyfuse3.default_options)
+        opts |= {"fsname=imagefs", "subtype=imagefs", "ro" if self.read_only else "rw"}
+        if self.allow_other:
+            opts.add("allow_other")
+        else:
+            # Only the mounting user reaches the mount; permission bits are then ours to interpret.
+            opts.discard("default_permissions")
+        return opts
+
+
+def check_mountpoint(path: Path) -> None:
+    if not path.is_dir():
+        raise MountError(f"mountpoint {path}: not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"mountpoint {path}: something is already mounted there")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("no FUSE: /dev/fuse does not exist (is the fuse module loaded?)")
+
+
+async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
+    """Mount, call `ready()`, and serve until unmounted or signalled."""
+    check_mountpoint(options.mountpoint)
+    async with contextlib.AsyncExitStack() as stack:
+        engine = Engine(options.engine)
+        stack.push_async_callback(engine.aclose)
+        try:
+            with trio.fail_after(options.engine.timeout):
+                await engine.negotiate()
+        except (ImagefsError, trio.TooSlowError) as exc:
+            raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
+        catalog = Catalog(engine, fallback_ttl=options.fallback_ttl, live_ttl=options.live_ttl,
+                          cache_ttl=options.cache_ttl, cache_entries=options.cache_entries)
+        exports = Exports(engine, options.cache_dir, options.cache_size)
+        try:
+            exports.setup()
+        except OSError as exc:
+            raise MountError(f"cache directory {options.cache_dir}: {exc.strerror}") from exc
+        stack.callback(exports.close)  # after the nursery below: no export task still writes
+        exports.nursery = nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        ops = Operations(Tree(catalog, exports, options.read_only))
+        catalog.listeners.append(ops.on_change)
+        try:
+            pyfuse3.init(ops, str(options.mountpoint), options.fuse_options())
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount {options.mountpoint}: {exc}") from exc
+        # Unmount even after a failure: a dead mount ("Transport endpoint is not connected") helps nobody.
+        stack.callback(pyfuse3.close, unmount=True)
+        nursery.start_soon(EventFollower(catalog, lambda: ops.on_change(None)).run)
+        nursery.start_soon(_stop_on_signals)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        log.info("mounted %s (engine %s, API %s)", options.mountpoint, options.engine.host, engine.api_path)
+        ready()
+        await pyfuse3.main()
+        log.info("unmounted %s", options.mountpoint)
+
+
+async def _stop_on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()

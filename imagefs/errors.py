@@ -1,0 +1,114 @@
+"""What can go wrong, split by what the caller does about it, and the one errno table.
+
+    ImagefsError
+    ├── EngineError              the engine answered with an error status
+    │   ├── BadParameter         400
+    │   ├── AccessDenied         401, 403
+    │   ├── NoSuchImage          404
+    │   ├── Conflict             409 (in use, must force)
+    │   ├── NotSupported         501
+    │   └── EngineFailed         500 and any other status, or an error inside a stream
+    ├── EngineUnreachable        no connection, or the connection broke
+    ├── EngineTimeout            the engine did not answer in time
+    ├── BadCommand               a control write imagefs refuses before sending anything
+    └── ReadOnly                 the mount is read-only
+
+Only the FUSE adapter turns these into `FUSEError`; everything below it raises
+these classes, so the engine client and the tree stay free of FUSE.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class ImagefsError(Exception):
+    """Root of every error imagefs itself raises."""
+
+
+class EngineError(ImagefsError):
+    """The engine answered with an error; `message` is the engine's own text."""
+
+    def __init__(self, status: int, message: str, request: str = "") -> None:
+        super().__init__(f"{request}: {status} {message}" if request else f"{status} {message}")
+        self.status = status
+        self.message = message
+        self.request = request
+
+
+class BadParameter(EngineError):
+    pass
+
+
+class AccessDenied(EngineError):
+    pass
+
+
+class NoSuchImage(EngineError):
+    pass
+
+
+class Conflict(EngineError):
+    pass
+
+
+class NotSupported(EngineError):
+    pass
+
+
+class EngineFailed(EngineError):
+    pass
+
+
+class EngineUnreachable(ImagefsError):
+    """The engine could not be reached, or the connection broke: EIO, never ENOENT."""
+
+
+class EngineTimeout(ImagefsError):
+    pass
+
+
+class BadCommand(ImagefsError):
+    """Malformed control input; nothing was sent to the engine."""
+
+
+class ReadOnly(ImagefsError):
+    pass
+
+
+_BY_STATUS: dict[int, type[EngineError]] = {
+    400: BadParameter,
+    401: AccessDenied,
+    403: AccessDenied,
+    404: NoSuchImage,
+    409: Conflict,
+    501: NotSupported,
+}
+
+
+def engine_error(status: int, message: str, request: str = "") -> EngineError:
+    """The most specific EngineError for an HTTP status."""
+    return _BY_STATUS.get(status, EngineFailed)(status, message, request)
+
+
+ERRNO: dict[type[ImagefsError], int] = {
+    BadParameter: errno.EINVAL,
+    AccessDenied: errno.EACCES,
+    NoSuchImage: errno.ENOENT,
+    Conflict: errno.EBUSY,
+    NotSupported: errno.ENOTSUP,
+    EngineFailed: errno.EIO,
+    EngineError: errno.EIO,
+    EngineUnreachable: errno.EIO,
+    EngineTimeout: errno.ETIMEDOUT,
+    BadCommand: errno.EINVAL,
+    ReadOnly: errno.EROFS,
+}
+
+
+def errno_for(exc: ImagefsError) -> int:
+    """The errno of SPEC §4 for an error, by its most specific class."""
+    for cls in type(exc).__mro__:
+        if cls in ERRNO:
+            return ERRNO[cls]
+    return errno.EIO

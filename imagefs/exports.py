@@ -1,0 +1,242 @@
+"""export.tar and all.tar: one engine export per image, spooled to disk, shared by every reader.
+
+GNU tar, rsync and sendfile copy exactly `st_size` bytes, and the engine sends
+no length, so a size is only ever reported when it is exact: 0 with mode 0440
+before an export was ever seen (GNU tar then opens the file and asks again),
+the remembered size of an earlier export, or — while an export runs — the
+final size, which a `stat` waits for. A stream that breaks, ends without the
+tar trailer, or differs in length from the remembered one fails every reader
+with EIO and its spool is dropped: a short file that looks complete is data loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat as st
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .engine import Engine, quote_name
+from .errors import EngineFailed, EngineUnreachable, ImagefsError
+from .nodes import Handle, Stat
+
+log = logging.getLogger(__name__)
+
+FLUSH_BYTES = 1 << 20  # engine chunks are gathered to this before one write to the spool
+TAR_TRAILER = bytes(1024)  # two zero blocks end every tar stream the engine writes
+
+
+@dataclass(eq=False)
+class Export:
+    key: str  # what its size is remembered under
+    url_path: str
+    params: list[tuple[str, str]]
+    names: tuple[str, ...]
+    spool: Path | None = None
+    fd: int = -1
+    written: int = 0
+    complete: bool = False
+    error: ImagefsError | None = None
+    readers: int = 0
+    last_used: float = 0.0
+    done: trio.Event = field(default_factory=trio.Event)
+    progress: trio.Event = field(default_factory=trio.Event)
+
+    def advance(self, n: int) -> None:
+        self.written += n
+        self.progress.set()
+        self.progress = trio.Event()
+
+
+class Exports:
+    def __init__(self, engine: Engine, cache_dir: Path, cache_size: int) -> None:
+        self.engine = engine
+        self.cache_size = cache_size
+        self.nursery: trio.Nursery | None = None  # where export tasks run; set once the mount's nursery is open
+        self.sizes_file = cache_dir / "sizes.json"
+        self.spool_dir = cache_dir / f"spool-{os.getpid()}"
+        self._sizes: dict[str, int] = {}
+        self._active: dict[str, Export] = {}
+
+    def setup(self) -> None:
+        """Make the spool directory and drop the spools of daemons that died (blocking; call at mount)."""
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.spool_dir.parent.glob("spool-*"):
+            pid = old.name.removeprefix("spool-")
+            if old != self.spool_dir and (not pid.isdigit() or not Path(f"/proc/{pid}").exists()):
+                for f in old.iterdir():
+                    f.unlink(missing_ok=True)
+                old.rmdir()
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            self._sizes = {str(k): int(v) for k, v in json.loads(self.sizes_file.read_text()).items()}
+
+    def close(self) -> None:
+        for export in list(self._active.values()):
+            self._drop(export)
+        with contextlib.suppress(OSError):
+            self.spool_dir.rmdir()
+
+    # --- which export ---------------------------------------------------------------------
+
+    def for_image(self, image_id: str, target: str) -> Export:
+        key = f"{image_id} {target}"
+        return self._active.get(key) or Export(key, f"/images/{quote_name(target)}/get", [], (target,))
+
+    def for_all(self, refs: dict[str, str]) -> Export:
+        listing = "\n".join(f"{ref} {image_id}" for ref, image_id in sorted(refs.items()))
+        key = "all " + hashlib.sha256(listing.encode()).hexdigest()
+        names = tuple(sorted(refs))
+        return self._active.get(key) or Export(key, "/images/get", [("names", n) for n in names], names)
+
+    # --- what the tree asks ---------------------------------------------------------------
+
+    async def stat(self, export: Export, mtime: int, wait: bool = True) -> Stat:
+        """The exact size; while the export runs, wait for it (or, for a listing, say nothing cacheable)."""
+        if export.fd >= 0 and not wait and not export.done.is_set():
+            return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)
+        if export.fd >= 0:
+            await export.done.wait()
+            if export.error is not None:
+                raise export.error
+            return Stat(st.S_IFREG | 0o444, export.written, mtime)
+        known = self._sizes.get(export.key)
+        if known is None:
+            # 0 bytes, not world-readable: GNU tar opens it and re-stats instead of storing it empty.
+            return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)
+        return Stat(st.S_IFREG | 0o444, known, mtime)
+
+    async def open(self, export: Export) -> ExportHandle:
+        if export.fd < 0:
+            self._start(export)
+        export.readers += 1
+        return ExportHandle(self, export)
+
+    # --- the spool ------------------------------------------------------------------------
+
+    def _start(self, export: Export) -> None:
+        self._evict(reserve=self._sizes.get(export.key, 0))
+        export.spool = self.spool_dir / hashlib.sha256(export.key.encode()).hexdigest()
+        export.fd = os.open(export.spool, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._active[export.key] = export
+        assert self.nursery is not None, "exports opened before the mount's nursery"
+        self.nursery.start_soon(self._run, export)
+
+    async def _run(self, export: Export) -> None:
+        log.info("export %s: started", export.key)
+        try:
+            async with self.engine.stream(export.url_path, export.params,
+                                          read_timeout=self.engine.config.stream_timeout) as resp:
+                buf = bytearray()
+                async for chunk in resp.aiter_raw():
+                    buf += chunk
+                    if len(buf) >= FLUSH_BYTES:
+                        await self._append(export, bytes(buf))
+                        buf.clear()
+                await self._append(export, bytes(buf))
+            await self._verify(export)
+        except ImagefsError as exc:
+            self._fail(export, exc)
+        except BaseException as exc:
+            self._fail(export, EngineUnreachable(f"export {export.key} stopped: {exc!r}"))
+            raise
+        else:
+            export.complete = True
+            export.done.set()
+            export.advance(0)
+            self._sizes[export.key] = export.written
+            log.info("export %s: complete, %d bytes", export.key, export.written)
+            await trio.to_thread.run_sync(self._save_sizes)
+            self._evict()
+
+    async def _append(self, export: Export, data: bytes) -> None:
+        def write() -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(export.fd, view) :]
+
+        if data:
+            await trio.to_thread.run_sync(write)
+            export.advance(len(data))
+
+    async def _verify(self, export: Export) -> None:
+        tail = await trio.to_thread.run_sync(os.pread, export.fd, len(TAR_TRAILER), max(0, export.written - 1024))
+        if export.written % 512 or tail != TAR_TRAILER:
+            raise EngineFailed(500, f"export of {' '.join(export.names)} ended without a tar trailer "
+                               f"after {export.written} bytes (error inside the stream?)", export.url_path)
+        known = self._sizes.get(export.key)
+        if known is not None and known != export.written:
+            del self._sizes[export.key]
+            raise EngineFailed(500, f"export is {export.written} bytes, {known} before", export.url_path)
+
+    def _fail(self, export: Export, exc: ImagefsError) -> None:
+        log.error("export %s failed: %s", export.key, exc)
+        export.error = exc
+        export.done.set()
+        export.advance(0)
+        self._drop(export)
+
+    def _drop(self, export: Export) -> None:
+        """Forget an export; its spool goes now, its descriptor once the last reader is gone."""
+        if self._active.get(export.key) is export:
+            del self._active[export.key]
+        if export.spool is not None:
+            export.spool.unlink(missing_ok=True)
+            export.spool = None
+        if export.readers == 0 and export.fd >= 0:
+            os.close(export.fd)
+            export.fd = -1
+
+    def _evict(self, reserve: int = 0) -> None:
+        """Drop the least recently used complete spools nobody reads until the cache bound holds."""
+        held = sum(e.written for e in self._active.values())
+        idle = sorted((e for e in self._active.values() if e.complete and e.readers == 0), key=lambda e: e.last_used)
+        for export in idle:
+            if held + reserve <= self.cache_size:
+                break
+            held -= export.written
+            self._drop(export)
+
+    def _save_sizes(self) -> None:
+        tmp = self.sizes_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._sizes, indent=0, sort_keys=True))
+        tmp.replace(self.sizes_file)
+
+    def release(self, export: Export) -> None:
+        export.readers -= 1
+        export.last_used = trio.current_time()
+        if export.key not in self._active or export.error is not None:
+            self._drop(export)
+        else:
+            self._evict()
+
+
+@dataclass
+class ExportHandle(Handle):
+    exports: Exports
+    export: Export
+
+    async def read(self, offset: int, size: int) -> bytes:
+        export = self.export
+        while export.error is None and not export.complete and export.written < offset + size:
+            await export.progress.wait()
+        if export.error is not None:
+            raise export.error
+        size = max(0, min(size, export.written - offset))
+        return await trio.to_thread.run_sync(os.pread, export.fd, size, offset) if size else b""
+
+    async def release(self) -> None:
+        self.exports.release(self.export)
+
+    @property
+    def version(self) -> object:
+        return self.export.key
+
+    def __post_init__(self) -> None:
+        # Pages of a complete export never change (an image ID's export is fixed); a growing one is read direct.
+        self.cacheable = self.export.complete

@@ -1,0 +1,93 @@
+"""Image references as paths: the distribution reference grammar and the path rules of SPEC §1.
+
+Pure functions, no I/O. A path is a tuple of components below the mount root.
+
+- An image directory's path joined with "/" is its reference: it has a tag
+  (`app:1.0`) or a digest (`app@sha256:…`) in its last component.
+- A namespace directory is a proper "/"-prefix of a reference's name: its
+  components never hold "@", and ":" only as the port of a registry in the
+  first component. `localhost:5000` is therefore both a possible image
+  (repository `localhost`, tag `5000`) and a possible registry namespace.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# github.com/distribution/reference, regexp.go
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
+DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+)?"
+TAG = r"[\w][\w.-]{0,127}"
+DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+NAME = rf"(?:{DOMAIN}/)?{PATH_COMPONENT}(?:/{PATH_COMPONENT})*"
+REFERENCE = re.compile(rf"(?P<name>{NAME})(?::(?P<tag>{TAG}))?(?:@(?P<digest>{DIGEST}))?")
+NAME_TOTAL_LENGTH_MAX = 255
+
+_PATH_COMPONENT_RE = re.compile(PATH_COMPONENT)
+_DOMAIN_RE = re.compile(DOMAIN)
+_IMAGE_ID_RE = re.compile(r"[0-9a-f]{64}")
+
+Path = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        return self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+
+def parse(text: str) -> Reference | None:
+    """A reference as the grammar reads it, or None when it is not one."""
+    m = REFERENCE.fullmatch(text)
+    if m is None or len(m["name"]) > NAME_TOTAL_LENGTH_MAX:
+        return None
+    return Reference(m["name"], m["tag"], m["digest"])
+
+
+def parse_tag_target(text: str) -> tuple[str, str]:
+    """`repo[:tag]` for ImageTag: (repo, tag), the tag defaulting to latest; ValueError if malformed."""
+    ref = parse(text)
+    if ref is None or ref.digest is not None:
+        raise ValueError(f"invalid reference format: {text!r} is not repository[:tag]")
+    return ref.name, ref.tag or "latest"
+
+
+def to_path(reference: str) -> Path | None:
+    """Where a reference the engine reports lives in the tree; None if it has no place there."""
+    ref = parse(reference)
+    if ref is None or (ref.tag is None and ref.digest is None):
+        return None
+    return tuple(reference.split("/"))
+
+
+def is_image_path(path: Path) -> bool:
+    """Could this path name an image directory (a tagged or digest reference)?"""
+    return bool(path) and to_path("/".join(path)) == path
+
+
+def is_namespace_path(path: Path) -> bool:
+    """Could this path be a proper prefix of some reference's name?"""
+    if not path:
+        return True
+    first, rest = path[0], path[1:]
+    if not (_PATH_COMPONENT_RE.fullmatch(first) or _DOMAIN_RE.fullmatch(first)):
+        return False
+    return all(_PATH_COMPONENT_RE.fullmatch(c) for c in rest) and len("/".join(path)) < NAME_TOTAL_LENGTH_MAX
+
+
+def is_image_id(text: str) -> bool:
+    return _IMAGE_ID_RE.fullmatch(text) is not None
+
+
+def short_id(image_id: str) -> str:
+    """An engine ID (`sha256:…`, or podman's bare hex) as the 64-hex name used in paths."""
+    return image_id.removeprefix("sha256:")
