@@ -26,17 +26,23 @@ def decode(data: bytes) -> str:
     except UnicodeDecodeError as exc:
         raise BadCommand("command is not UTF-8 text") from exc
     text = text.removesuffix("\n").removesuffix("\r")
-    if "\n" in text or "\r" in text or "\0" in text:
+    if "\n" in text or "\r" in text:
         raise BadCommand("one command per write: the text holds more than one line")
+    if not text.isprintable():
+        raise BadCommand("the command holds control or separator characters")
     return text.strip()
 
 
 def human_size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    raise AssertionError("unreachable")
+    """Bytes as `docker images` shows sizes (powers of 1000)."""
+    if n < 1000:
+        return f"{n} B"
+    value = n / 1000
+    units = ["kB", "MB", "GB", "TB"]
+    while round(value, 1) >= 1000 and len(units) > 1:
+        value /= 1000
+        units.pop(0)
+    return f"{value:.1f} {units[0]}"
 
 
 class Command(ABC):

@@ -25,7 +25,8 @@ DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+)
 TAG = r"[\w][\w.-]{0,127}"
 DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 NAME = rf"(?:{DOMAIN}/)?{PATH_COMPONENT}(?:/{PATH_COMPONENT})*"
-REFERENCE = re.compile(rf"(?P<name>{NAME})(?::(?P<tag>{TAG}))?(?:@(?P<digest>{DIGEST}))?")
+# re.ASCII: the grammar's \w is Go's [0-9A-Za-z_], not every Unicode letter.
+REFERENCE = re.compile(rf"(?P<name>{NAME})(?::(?P<tag>{TAG}))?(?:@(?P<digest>{DIGEST}))?", re.ASCII)
 NAME_TOTAL_LENGTH_MAX = 255
 
 _PATH_COMPONENT_RE = re.compile(PATH_COMPONENT)

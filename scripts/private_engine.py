@@ -7,6 +7,7 @@ three exercise the same real engine. Everything lives under one short directory
 
     python3 scripts/private_engine.py start DIR [--samples]   # prints DOCKER_HOST
     python3 scripts/private_engine.py stop DIR
+    python3 scripts/private_engine.py ping unix:///var/run/docker.sock   # exit 0 if it answers
 
 Only the standard library is used: it runs before the project's venv exists.
 """
@@ -52,13 +53,26 @@ def _engine_env(root: Path) -> dict[str, str]:
 
 
 def _ping(sock: Path) -> bool:
+    return reachable(f"unix://{sock}")
+
+
+def reachable(host: str) -> bool:
+    """Does an engine answer /_ping at this DOCKER_HOST-style address (unix:// or tcp://, no TLS)?"""
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(2)
-            s.connect(str(sock))
-            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            return b"200 OK" in s.recv(256)
-    except OSError:
+        if host.startswith("unix://"):
+            conn = socket.socket(socket.AF_UNIX)
+            address: object = host.removeprefix("unix://")
+        else:
+            hostport = host.split("://", 1)[-1].rstrip("/")
+            name, _, port = hostport.rpartition(":")
+            conn = socket.socket(socket.AF_INET)
+            address = (name or hostport, int(port or 2375))
+        with conn:
+            conn.settimeout(2)
+            conn.connect(address)
+            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b"200 OK" in conn.recv(256)
+    except (OSError, ValueError):
         return False
 
 
@@ -106,16 +120,32 @@ def build_samples(root: Path) -> None:
             )
 
 
-def stop(root: Path) -> None:
-    pidfile = root / "docker.pid"
+def gone(pid: int) -> bool:
+    """Has the process exited? Reaps it when it is our child (a zombie still answers kill 0)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def terminate(root: Path, seconds: float = 20) -> None:
+    """SIGTERM dockerd, SIGKILL after `seconds`; return once it has exited."""
     with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        pid = int(pidfile.read_text().strip())
+        pid = int((root / "docker.pid").read_text().strip())
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + seconds
+        while not gone(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+
+
+def stop(root: Path) -> None:
+    terminate(root)
     # dockerd 20.10 leaves bind mounts under its roots after shutdown.
     with open("/proc/mounts") as f:
         mounts = [line.split()[1] for line in f]
@@ -127,11 +157,13 @@ def stop(root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["start", "stop", "samples"])
-    parser.add_argument("root", type=Path)
+    parser.add_argument("action", choices=["start", "stop", "samples", "ping"])
+    parser.add_argument("root", help="the engine's directory (for ping: a DOCKER_HOST address)")
     parser.add_argument("--samples", action="store_true", help="build the sample images after start")
     args = parser.parse_args()
-    root = args.root.absolute()
+    if args.action == "ping":
+        sys.exit(0 if reachable(args.root) else 1)
+    root = Path(args.root).absolute()
     if args.action == "start":
         print(start(root, args.samples))
     elif args.action == "samples":

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite, installs included: lint, unit tests, then real-engine and real-mount tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+.venv/bin/ruff check .
+exec .venv/bin/pytest -q "$@"

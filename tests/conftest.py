@@ -1,0 +1,205 @@
+"""Fixtures: a real private dockerd with sample images, and imagefs mounted through its own CLI.
+
+Every engine, mount and temp dir started here is torn down here, and a test
+fails when the daemon logged a bug caught by its last-resort guard.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import private_engine  # noqa: E402
+
+IMAGEFS = [sys.executable, "-m", "imagefs"]
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, sock_path: str, timeout: float) -> None:
+        super().__init__("docker", timeout=timeout)
+        self.sock_path = sock_path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.sock_path)
+
+
+@dataclass
+class Engine:
+    """A private dockerd, driven through its CLI and its raw API (never through imagefs)."""
+
+    root: Path
+
+    @property
+    def host(self) -> str:
+        return private_engine.docker_host(self.root)
+
+    @property
+    def sock(self) -> str:
+        return str(self.root / "docker.sock")
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, DOCKER_HOST=self.host, DOCKER_BUILDKIT="0")
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([private_engine.DOCKER, *args], env=self.env(), check=check,
+                              capture_output=True, text=True, timeout=120)
+
+    def raw(self, method: str, path: str, timeout: float = 60) -> tuple[int, bytes]:
+        conn = _UnixConnection(self.sock, timeout)
+        try:
+            conn.request(method, "/v1.41" + path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def api(self, path: str) -> Any:
+        status, body = self.raw("GET", path)
+        assert status == 200, (path, status, body)
+        return json.loads(body)
+
+    def tags(self) -> set[str]:
+        return {t for image in self.api("/images/json") for t in image.get("RepoTags") or () if t != "<none>:<none>"}
+
+    def image_ids(self) -> set[str]:
+        return {image["Id"] for image in self.api("/images/json?all=1")}
+
+    def save(self, ref: str) -> bytes:
+        status, body = self.raw("GET", f"/images/{quote(ref, safe='/:@')}/get", timeout=300)
+        assert status == 200, (ref, status)
+        return body
+
+    def events(self, since: float, action: str | None = None) -> list[dict[str, Any]]:
+        filters = quote(json.dumps({"type": ["image"]}))
+        status, body = self.raw("GET", f"/events?since={since:.3f}&until={time.time():.3f}&filters={filters}")
+        assert status == 200
+        events = [json.loads(line) for line in body.splitlines() if line.strip()]
+        return [e for e in events if action is None or e.get("Action") == action]
+
+    def start(self) -> None:
+        private_engine.start(self.root, samples=False)
+
+    def kill(self) -> None:
+        """Stop dockerd, keeping its data, and wait until it has exited."""
+        private_engine.terminate(self.root)
+
+
+def _new_engine(prefix: str, samples: bool) -> Iterator[Engine]:
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        private_engine.start(root, samples=samples)
+        yield Engine(root)
+    finally:
+        private_engine.stop(root)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    yield from _new_engine("ifs-e-", samples=True)
+
+
+@pytest.fixture(scope="session")
+def second_engine() -> Iterator[Engine]:
+    """An empty engine to restore backups into."""
+    yield from _new_engine("ifs-e2-", samples=False)
+
+
+@dataclass
+class Mount:
+    path: Path
+    cache_dir: Path
+    log: Path
+    engine: Engine
+    args: list[str] = field(default_factory=list)
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def daemon_pid(self) -> int:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"imagefs" in cmd and str(self.path).encode() in cmd and b"--foreground" in cmd:
+                    return int(proc.name)
+        raise LookupError("no daemon")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def mount_imagefs(engine: Engine, base: Path, *args: str) -> Mount:
+    mnt, cache = base / "mnt", base / "cache"
+    mnt.mkdir(exist_ok=True)
+    log = base / "imagefs.log"
+    env = dict(engine.env(), IMAGEFS_LOG=str(log))
+    result = subprocess.run([*IMAGEFS, "mount", "--cache-dir", str(cache), *args, str(mnt)],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr + log.read_text(errors="replace") if log.exists() else ""
+    assert os.path.ismount(mnt)
+    return Mount(mnt, cache, log, engine, list(args))
+
+
+def unmount(m: Mount) -> None:
+    if os.path.ismount(m.path):
+        subprocess.run([*IMAGEFS, "umount", str(m.path)], capture_output=True, timeout=60)
+    if os.path.ismount(m.path):
+        subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+
+
+@pytest.fixture
+def tmp(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A short temp dir under /tmp (unix sockets and mount paths stay short), always removed."""
+    path = Path(tempfile.mkdtemp(prefix="ifs-t-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def mount(engine: Engine, tmp: Path, request: pytest.FixtureRequest) -> Iterator[Mount]:
+    marker = request.node.get_closest_marker("mount_args")
+    m = mount_imagefs(engine, tmp, *(marker.args if marker else ()))
+    try:
+        yield m
+    finally:
+        unmount(m)
+    bugs = [line for line in m.log_text().splitlines() if "unexpected error" in line]
+    assert not bugs, "the daemon's guard caught bugs:\n" + "\n".join(bugs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "mount_args(*args): extra imagefs mount options for the mount fixture")
+
+
+def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> float:
+    """Poll until predicate() is true; the seconds it took. Fails the test on timeout."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not true within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def pretty(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()

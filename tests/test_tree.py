@@ -1,0 +1,187 @@
+"""The tree and its generated files, used with real ls/cat/stat against a real engine (SPEC §1, §2, §6)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import IMAGEFS, Engine, Mount, mount_imagefs, pretty, unmount, wait_for
+
+
+def run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, **kw)  # type: ignore[call-overload]
+
+
+def test_root_lists_references_and_namespaces(mount: Mount, engine: Engine) -> None:
+    names = set(os.listdir(mount.path))
+    assert {"hello:latest", "busybox:latest", "myorg", "localhost:5000"} <= names
+    assert ".imagefs" not in names and not any(n.startswith("<none>") for n in names)
+    assert os.listdir(mount / "myorg") == ["app:1.0"]
+    assert os.listdir(mount / "localhost:5000/team") == ["app:2"]
+    assert sorted(os.listdir(mount / "myorg/app:1.0")) == ["delete", "export.tar", "history", "inspect", "tag"]
+    assert sorted(os.listdir(mount / ".imagefs")) == ["all.tar", "ids", "prune", "version"]
+    # ls shows exactly the engine's tags: every tagged reference once
+    listed = {str(p.relative_to(mount.path)) for p in mount.path.rglob("*:*") if p.is_dir() and
+              not (p.name.startswith("localhost:") and p.parent == mount.path)}
+    assert listed == engine.tags()
+
+
+def test_inspect_and_history_are_the_engines_json(mount: Mount, engine: Engine) -> None:
+    for ref in engine.tags():
+        for kind, api in (("inspect", "json"), ("history", "history")):
+            path = mount / ref / kind
+            data = path.read_bytes()
+            assert data == pretty(engine.api(f"/images/{ref}/{api}"))
+            assert os.stat(path).st_size == len(data)
+    config = json.loads(run("cat", str(mount / "myorg/app:1.0/inspect")).stdout)["Config"]
+    assert config["Labels"] == {"org.example.role": "app"}
+
+
+def test_ids_directory_holds_every_image(mount: Mount, engine: Engine) -> None:
+    ids = {i.removeprefix("sha256:") for i in engine.image_ids()}
+    assert set(os.listdir(mount / ".imagefs/ids")) == ids
+    untagged = next(i for i in engine.api("/images/json?all=1") if not i.get("RepoTags") or
+                    i["RepoTags"] == ["<none>:<none>"])
+    hexid = untagged["Id"].removeprefix("sha256:")
+    history = (mount / f".imagefs/ids/{hexid}/history").read_bytes()
+    assert history == pretty(engine.api(f"/images/{hexid}/history"))
+    version = json.loads((mount / ".imagefs/version").read_text())
+    assert version["ApiVersion"] == "1.41" and version["ImagefsApiPath"] == "/v1.41"
+
+
+def test_metadata_times_inodes_and_owner(mount: Mount, engine: Engine, tmp: Path) -> None:
+    created = engine.api("/images/json")
+    by_tag = {t: i["Created"] for i in created for t in i.get("RepoTags") or ()}
+    for name in ("myorg/app:1.0", "myorg/app:1.0/inspect", "myorg/app:1.0/export.tar"):
+        s = os.stat(mount / name)
+        assert s.st_mtime == s.st_ctime == by_tag["myorg/app:1.0"]
+        assert (s.st_uid, s.st_gid) == (os.getuid(), os.getgid())
+    ino = os.stat(mount / "myorg/app:1.0/inspect").st_ino
+    assert os.stat(mount / "myorg/app:1.0/inspect").st_ino == ino
+    unmount(mount)
+    again = mount_imagefs(engine, tmp)
+    try:
+        assert os.stat(again / "myorg/app:1.0/inspect").st_ino == ino  # stable across remounts
+    finally:
+        unmount(again)
+
+
+def test_names_that_cannot_be_references_ask_nothing(engine: Engine, tmp: Path) -> None:
+    m = mount_imagefs(engine, tmp, "--debug")
+    try:
+        os.listdir(m.path)
+        before = m.log_text().count("engine request")
+        for bad in ("Bad Name!", "UPPER:1", "a//b", "x:1:2", ".hidden", "<none>:<none>", "a@b", "myorg/x:1:y"):
+            with pytest.raises(FileNotFoundError):
+                os.stat(m.path / bad)
+        assert m.log_text().count("engine request") == before
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.path / "nosuch:tag")  # well-formed: answered from the image list
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.path / ".imagefs/ids" / ("0" * 64))
+    finally:
+        unmount(m)
+
+
+def test_digest_and_id_paths_resolve_without_listing(mount: Mount, engine: Engine) -> None:
+    image = next(i for i in engine.api("/images/json") if "myorg/app:1.0" in (i.get("RepoTags") or ()))
+    hexid = image["Id"].removeprefix("sha256:")
+    assert (mount / f".imagefs/ids/{hexid}/inspect").read_bytes() == (mount / "myorg/app:1.0/inspect").read_bytes()
+    with pytest.raises(FileNotFoundError):
+        os.stat(mount / f"myorg/app@sha256:{'a' * 64}")  # a digest the engine does not know
+
+
+def test_nothing_destroys(mount: Mount, engine: Engine) -> None:
+    before = engine.tags()
+    result = run("rm", "-rf", *[str(p) for p in mount.path.iterdir()])
+    assert result.returncode != 0 and "Operation not permitted" in result.stderr
+    for op in (lambda: os.rmdir(mount / "myorg/app:1.0"), lambda: os.unlink(mount / "hello:latest/inspect"),
+               lambda: os.rename(mount / "hello:latest", mount / "hello:v2"), lambda: os.mkdir(mount / "new:1"),
+               lambda: (mount / "hello:latest/newfile").write_text("x"),
+               lambda: (mount / "hello:latest/inspect").write_text("x")):
+        with pytest.raises(PermissionError):
+            op()
+    assert engine.tags() == before
+
+
+def test_engine_down_is_eio_and_recovers(engine: Engine, tmp: Path) -> None:
+    m = mount_imagefs(engine, tmp, "--timeout", "3")
+    try:
+        assert (m / "hello:latest/inspect").read_bytes()
+        engine.kill()
+        start = time.monotonic()
+        for path in ("hello:latest/history", "", "myorg"):
+            with pytest.raises(OSError) as info:
+                os.listdir(m / path) if not path.endswith("history") else (m / path).read_bytes()
+            assert info.value.errno == errno.EIO
+        assert time.monotonic() - start < 10
+        engine.start()
+        wait_for(lambda: (m / "hello:latest/history").exists(), timeout=15)
+        assert json.loads((m / "hello:latest/history").read_text())
+    finally:
+        if not os.path.exists(engine.sock):
+            engine.start()
+        unmount(m)
+
+
+def test_mount_without_engine_fails_with_one_line(tmp: Path) -> None:
+    (tmp / "mnt").mkdir()
+    start = time.monotonic()
+    result = run(*IMAGEFS, "mount", "-H", f"unix://{tmp}/nothing.sock", "--cache-dir", str(tmp / "c"),
+                 str(tmp / "mnt"))
+    assert result.returncode != 0 and time.monotonic() - start < 15
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Docker engine" in lines[0], result.stderr
+    assert not os.path.ismount(tmp / "mnt")
+    bad = run(*IMAGEFS, "mount", str(tmp / "no-such-dir"))
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "not a directory" in bad.stderr
+
+
+def test_umount_clears_a_mount_whose_daemon_was_killed(engine: Engine, tmp: Path) -> None:
+    m = mount_imagefs(engine, tmp)
+    try:
+        os.kill(m.daemon_pid(), signal.SIGKILL)
+        wait_for(lambda: _dead(m.path), timeout=5)
+        result = run(*IMAGEFS, "umount", str(m.path))
+        assert result.returncode == 0, result.stderr
+        assert not os.path.ismount(m.path)
+    finally:
+        unmount(m)
+
+
+def _dead(path: Path) -> bool:
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def test_sigterm_unmounts_cleanly(engine: Engine, tmp: Path) -> None:
+    m = mount_imagefs(engine, tmp)
+    try:
+        pid = m.daemon_pid()
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.ismount(m.path) and not Path(f"/proc/{pid}").exists(), timeout=10)
+        assert not list(m.cache_dir.glob("spool-*"))
+    finally:
+        unmount(m)
+
+
+def test_config_file_and_flags(engine: Engine, tmp: Path) -> None:
+    config = tmp / "config.toml"
+    config.write_text('read-only = true\nbase-path = "/v1.40"\n')
+    m = mount_imagefs(engine, tmp, "--config", str(config))
+    try:
+        assert json.loads((m / ".imagefs/version").read_text())["ImagefsApiPath"] == "/v1.40"
+        with pytest.raises(OSError) as info:
+            (m / "hello:latest/tag").write_text("x:1\n")
+        assert info.value.errno == errno.EROFS
+    finally:
+        unmount(m)
