@@ -40,6 +40,9 @@ class EventFollower:
                     reason = "the engine ended the stream"
                 except ImagefsError as exc:
                     reason = str(exc)
+                except Exception as exc:  # a bug (say, an event it cannot decode): never the mount's end
+                    log.exception("unexpected error following events")
+                    reason = repr(exc)
                 if self.catalog.events_live:
                     log.warning("events stream down (%s); %.1f s TTLs until it is back",
                                 reason, self.catalog.fallback_ttl)
@@ -71,3 +74,5 @@ class EventFollower:
                 await self.catalog.refresh()
             except ImagefsError as exc:
                 log.warning("refresh after events failed: %s", exc)
+            except Exception:
+                log.exception("unexpected error refreshing after events")

@@ -29,6 +29,7 @@ from .nodes import Handle, Stat
 log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 1 << 20  # engine chunks are gathered to this before one write to the spool
+SPOOL_QUEUE = 4  # gathered buffers waiting for the disk: the daemon's memory per running export
 TAR_TRAILER = bytes(1024)  # two zero blocks end every tar stream the engine writes
 
 
@@ -130,21 +131,18 @@ class Exports:
     async def _run(self, export: Export) -> None:
         log.info("export %s: started", export.key)
         try:
-            async with self.engine.stream(export.url_path, export.params,
-                                          read_timeout=self.engine.config.stream_timeout) as resp:
-                buf = bytearray()
-                async for chunk in resp.aiter_raw():
-                    buf += chunk
-                    if len(buf) >= FLUSH_BYTES:
-                        await self._append(export, bytes(buf))
-                        buf.clear()
-                await self._append(export, bytes(buf))
+            await self._spool(export)
             await self._verify(export)
         except ImagefsError as exc:
             self._fail(export, exc)
-        except BaseException as exc:
-            self._fail(export, EngineUnreachable(f"export {export.key} stopped: {exc!r}"))
+        except OSError as exc:
+            self._fail(export, EngineFailed(500, f"spool {export.spool}: {exc.strerror}", export.url_path))
+        except trio.Cancelled:
+            self._fail(export, EngineUnreachable(f"export {export.key} cancelled: the mount is closing"))
             raise
+        except Exception as exc:  # a bug: it fails this export, never the mount
+            log.exception("unexpected error in export %s", export.key)
+            self._fail(export, EngineFailed(500, f"internal error: {exc!r}", export.url_path))
         else:
             export.complete = True
             export.done.set()
@@ -154,15 +152,46 @@ class Exports:
             await trio.to_thread.run_sync(self._save_sizes)
             self._evict()
 
-    async def _append(self, export: Export, data: bytes) -> None:
-        def write() -> None:
+    async def _spool(self, export: Export) -> None:
+        """Stream the export into the spool; the network side and the disk side overlap."""
+        send, receive = trio.open_memory_channel[bytearray](SPOOL_QUEUE)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._spool_writer, export, receive)
+                async with send:
+                    await self._receive(export, send)
+        except BaseExceptionGroup as group:
+            # One failure is the story; the other task was only cancelled because of it.
+            failure, _ = group.split(Exception)
+            while isinstance(failure, BaseExceptionGroup):
+                failure = failure.exceptions[0]
+            if failure is None:
+                raise
+            raise failure from None
+
+    async def _receive(self, export: Export, send: trio.MemorySendChannel[bytearray]) -> None:
+        async with self.engine.stream(export.url_path, export.params,
+                                      read_timeout=self.engine.config.stream_timeout) as resp:
+            buf = bytearray()
+            async for chunk in resp.aiter_raw():
+                buf += chunk
+                if len(buf) >= FLUSH_BYTES:
+                    await send.send(buf)
+                    buf = bytearray()
+            if buf:
+                await send.send(buf)
+
+    @staticmethod
+    async def _spool_writer(export: Export, receive: trio.MemoryReceiveChannel[bytearray]) -> None:
+        def write(data: bytearray) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(export.fd, view) :]
 
-        if data:
-            await trio.to_thread.run_sync(write)
-            export.advance(len(data))
+        async with receive:
+            async for data in receive:
+                await trio.to_thread.run_sync(write, data)
+                export.advance(len(data))
 
     async def _verify(self, export: Export) -> None:
         tail = await trio.to_thread.run_sync(os.pread, export.fd, len(TAR_TRAILER), max(0, export.written - 1024))
@@ -221,22 +250,38 @@ class ExportHandle(Handle):
     exports: Exports
     export: Export
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> memoryview:
         export = self.export
         while export.error is None and not export.complete and export.written < offset + size:
             await export.progress.wait()
         if export.error is not None:
             raise export.error
-        size = max(0, min(size, export.written - offset))
-        return await trio.to_thread.run_sync(os.pread, export.fd, size, offset) if size else b""
+        return await _pread_exact(export.fd, max(0, min(size, export.written - offset)), offset)
 
     async def release(self) -> None:
         self.exports.release(self.export)
 
     @property
     def version(self) -> object:
-        return self.export.key
+        return self.export  # a new export of the same image starts with an empty page cache
 
-    def __post_init__(self) -> None:
-        # Pages of a complete export never change (an image ID's export is fixed); a growing one is read direct.
-        self.cacheable = self.export.complete
+    # Served through the page cache even while it grows: the kernel's reads past the size it knows
+    # ask getattr first, which waits for the exact size; readers of one export then share pages.
+    cacheable = True
+
+
+async def _pread_exact(fd: int, size: int, offset: int) -> memoryview:
+    """Exactly `size` spool bytes: at once when the page cache has them, else from a worker thread.
+
+    A short answer would read as end-of-file to the kernel, so partial reads are completed.
+    """
+    view = memoryview(bytearray(size))
+    got = 0
+    with contextlib.suppress(BlockingIOError):
+        got = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
+    while got < size:
+        n = await trio.to_thread.run_sync(os.preadv, fd, [view[got:]], offset + got)
+        if n == 0:
+            raise EngineFailed(500, f"spool ended at {offset + got} of {offset + size} bytes")
+        got += n
+    return view

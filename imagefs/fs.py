@@ -204,7 +204,7 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=self._new_fh(handle), direct_io=not handle.cacheable, keep_cache=keep)
 
     @_guard
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self.handles[fh]
         assert isinstance(handle, Handle)
         return await handle.read(off, size)
@@ -215,9 +215,6 @@ class Operations(pyfuse3.Operations):
         assert isinstance(handle, Handle)
         await handle.write(buf)
         return len(buf)
-
-    async def flush(self, fh: int) -> None:
-        return None
 
     @_guard
     async def release(self, fh: int) -> None:

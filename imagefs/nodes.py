@@ -67,7 +67,7 @@ class Handle(ABC):
     cacheable = True  # the kernel may serve reads from its page cache
 
     @abstractmethod
-    async def read(self, offset: int, size: int) -> bytes: ...
+    async def read(self, offset: int, size: int) -> bytes | memoryview: ...
 
     async def write(self, data: bytes) -> None:
         raise ReadOnly("this file takes no writes")

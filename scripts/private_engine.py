@@ -132,16 +132,17 @@ def gone(pid: int) -> bool:
     return False
 
 
-def terminate(root: Path, seconds: float = 20) -> None:
-    """SIGTERM dockerd, SIGKILL after `seconds`; return once it has exited."""
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        pid = int((root / "docker.pid").read_text().strip())
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + seconds
-        while not gone(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
+def terminate(root: Path, seconds: float = 20, hard: bool = False) -> None:
+    """SIGTERM dockerd (SIGKILL when `hard` or after `seconds`); return once it and its containerd exited."""
+    for pidfile in (root / "docker.pid", root / "exec/containerd/containerd.pid"):
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+            deadline = time.monotonic() + seconds
+            while not gone(pid):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)
 
 
 def stop(root: Path) -> None:

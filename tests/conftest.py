@@ -97,9 +97,9 @@ class Engine:
     def start(self) -> None:
         private_engine.start(self.root, samples=False)
 
-    def kill(self) -> None:
-        """Stop dockerd, keeping its data, and wait until it has exited."""
-        private_engine.terminate(self.root)
+    def kill(self, hard: bool = False) -> None:
+        """Stop dockerd (SIGKILL when hard), keeping its data, and wait until it has exited."""
+        private_engine.terminate(self.root, hard=hard)
 
 
 def _new_engine(prefix: str, samples: bool) -> Iterator[Engine]:

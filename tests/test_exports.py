@@ -1,0 +1,163 @@
+"""export.tar and all.tar with real tar, cp, cat, dd, rsync, pv and shutil, against the engine's own bytes (SPEC §3)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Engine, Mount, mount_imagefs, unmount
+
+REF = "localhost:5000/team/app:2"
+
+
+def sh(cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300, **kw)  # type: ignore[call-overload]
+
+
+COPIERS = {
+    "cat": "cat {src} > {dst}",
+    "cp": "cp {src} {dst}",
+    "dd": "dd if={src} of={dst} bs=64k status=none",
+    "rsync": "rsync {src} {dst}",
+    "pv": "pv -q {src} > {dst}",
+    "shutil": "python3 -c 'import shutil,sys; shutil.copyfile(sys.argv[1], sys.argv[2])' {src} {dst}",
+}
+
+
+@pytest.mark.parametrize("tool", sorted(COPIERS))
+def test_first_export_is_byte_exact_with_every_copier(engine: Engine, tmp: Path, tool: str) -> None:
+    expected = engine.save(REF)
+    m = mount_imagefs(engine, tmp)  # a fresh cache: this image was never exported through it
+    try:
+        src = m / REF / "export.tar"
+        assert os.stat(src).st_size == 0 and os.stat(src).st_mode & 0o777 == 0o440
+        result = sh(COPIERS[tool].format(src=f"'{src}'", dst=tmp / "copy.tar"))
+        assert result.returncode == 0, result.stderr
+        assert (tmp / "copy.tar").read_bytes() == expected
+        assert os.stat(src).st_size == len(expected)
+    finally:
+        unmount(m)
+
+
+def test_tar_of_a_never_exported_image_and_listing_starts_nothing(engine: Engine, tmp: Path) -> None:
+    expected = engine.save("myorg/app:1.0")
+    m = mount_imagefs(engine, tmp)
+    try:
+        since = time.time()
+        sh(f"ls -l '{m.path}/myorg/app:1.0' '{m.path}' && stat '{m.path}/myorg/app:1.0/export.tar'")
+        time.sleep(0.2)
+        assert engine.events(since, "save") == []
+        result = sh(f"tar -cf {tmp}/b.tar -C '{m.path}' myorg/app:1.0")
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        with tarfile.open(tmp / "b.tar") as tar:
+            member = tar.extractfile("myorg/app:1.0/export.tar")
+            assert member is not None and member.read() == expected
+    finally:
+        unmount(m)
+
+
+def test_backup_restores_into_an_empty_engine(mount: Mount, engine: Engine, second_engine: Engine, tmp: Path) -> None:
+    result = sh(f"tar -cf {tmp}/b.tar -C '{mount.path}' myorg/app:1.0")
+    assert result.returncode == 0, result.stderr
+    sh(f"tar -xf {tmp}/b.tar -C {tmp}")
+    loaded = second_engine.docker("load", "-i", str(tmp / "myorg/app:1.0/export.tar"))
+    assert "myorg/app:1.0" in loaded.stdout
+    original = engine.docker("image", "inspect", "-f", "{{.Id}}", "myorg/app:1.0").stdout
+    assert second_engine.docker("image", "inspect", "-f", "{{.Id}}", "myorg/app:1.0").stdout == original
+    second_engine.docker("rmi", "myorg/app:1.0")
+
+
+def test_all_tar_restores_every_tag(mount: Mount, engine: Engine, second_engine: Engine, tmp: Path) -> None:
+    assert ".imagefs" not in os.listdir(mount.path)
+    result = sh(f"cp '{mount.path}/.imagefs/all.tar' {tmp}/all.tar")
+    assert result.returncode == 0, result.stderr
+    second_engine.docker("load", "-i", str(tmp / "all.tar"))
+    try:
+        assert second_engine.tags() == engine.tags()
+    finally:
+        for tag in second_engine.tags():
+            second_engine.docker("rmi", "-f", tag, check=False)
+
+
+def test_sixteen_readers_share_one_export(engine: Engine, tmp: Path) -> None:
+    expected = engine.save("busybox:latest")
+    m = mount_imagefs(engine, tmp)
+    try:
+        since = time.time()
+        results: list[bytes] = []
+
+        def read() -> None:
+            results.append((m / "busybox:latest/export.tar").read_bytes())
+
+        threads = [threading.Thread(target=read) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(results) == 16 and all(r == expected for r in results)
+        time.sleep(0.3)
+        assert len(engine.events(since, "save")) == 1
+    finally:
+        unmount(m)
+
+
+def test_random_access_and_remembered_size(engine: Engine, tmp: Path) -> None:
+    expected = engine.save("busybox:latest")
+    m = mount_imagefs(engine, tmp)
+    try:
+        path = m / "busybox:latest/export.tar"
+        with open(path, "rb") as f:
+            f.seek(len(expected) // 2)
+            assert f.read(4096) == expected[len(expected) // 2 : len(expected) // 2 + 4096]
+        listing = sh(f"tar -tvf '{path}'")
+        assert listing.returncode == 0 and "manifest.json" in listing.stdout
+    finally:
+        unmount(m)
+    again = mount_imagefs(engine, tmp)  # same cache dir: the size is known before any export
+    try:
+        since = time.time()
+        assert os.stat(again / "busybox:latest/export.tar").st_size == len(expected)
+        assert engine.events(since, "save") == []
+        assert (again / "busybox:latest/export.tar").read_bytes() == expected
+    finally:
+        unmount(again)
+
+
+def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, tmp: Path) -> None:
+    big = tmp / "ctx"
+    big.mkdir()
+    with open(big / "blob", "wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(1 << 20))
+    (big / "Dockerfile").write_text("FROM scratch\nCOPY blob /blob\n")
+    engine.docker("build", "-q", "-t", "big/blob:1", str(big))
+    shutil.rmtree(big)
+    m = mount_imagefs(engine, tmp)
+    try:
+        # os.open, not open(): Python's fstat after open would wait for the whole export.
+        fd = os.open(m / "big/blob:1/export.tar", os.O_RDONLY)
+        engine.kill(hard=True)  # dockerd's graceful stop would finish the export first
+        with pytest.raises(OSError) as info:
+            while os.read(fd, 1 << 20):
+                pass
+        assert info.value.errno == errno.EIO
+        with pytest.raises(OSError) as info:
+            os.fstat(fd)
+        assert info.value.errno == errno.EIO
+        os.close(fd)
+        engine.start()
+        expected = engine.save("big/blob:1")
+        assert (m / "big/blob:1/export.tar").read_bytes() == expected
+        assert "export" in m.log_text() and "failed" in m.log_text()
+    finally:
+        if not os.path.exists(engine.sock):
+            engine.start()
+        unmount(m)
+        engine.docker("rmi", "big/blob:1", check=False)
