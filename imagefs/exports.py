@@ -28,7 +28,8 @@ from .nodes import Handle, Stat
 
 log = logging.getLogger(__name__)
 
-FLUSH_BYTES = 1 << 20  # engine chunks are gathered to this before one write to the spool
+FLUSH_BYTES = 1 << 20  # engine chunks are gathered to this before one writev to the spool
+FLUSH_CHUNKS = 512  # and at most this many chunks, well under writev's IOV_MAX
 SPOOL_QUEUE = 4  # gathered buffers waiting for the disk: the daemon's memory per running export
 TAR_TRAILER = bytes(1024)  # two zero blocks end every tar stream the engine writes
 
@@ -154,7 +155,7 @@ class Exports:
 
     async def _spool(self, export: Export) -> None:
         """Stream the export into the spool; the network side and the disk side overlap."""
-        send, receive = trio.open_memory_channel[bytearray](SPOOL_QUEUE)
+        send, receive = trio.open_memory_channel[list[bytes]](SPOOL_QUEUE)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._spool_writer, export, receive)
@@ -169,29 +170,34 @@ class Exports:
                 raise
             raise failure from None
 
-    async def _receive(self, export: Export, send: trio.MemorySendChannel[bytearray]) -> None:
+    async def _receive(self, export: Export, send: trio.MemorySendChannel[list[bytes]]) -> None:
         async with self.engine.stream(export.url_path, export.params,
                                       read_timeout=self.engine.config.stream_timeout) as resp:
-            buf = bytearray()
+            batch: list[bytes] = []
+            gathered = 0
             async for chunk in resp.aiter_raw():
-                buf += chunk
-                if len(buf) >= FLUSH_BYTES:
-                    await send.send(buf)
-                    buf = bytearray()
-            if buf:
-                await send.send(buf)
+                batch.append(chunk)
+                gathered += len(chunk)
+                if gathered >= FLUSH_BYTES or len(batch) >= FLUSH_CHUNKS:
+                    await send.send(batch)
+                    batch, gathered = [], 0
+            if batch:
+                await send.send(batch)
 
     @staticmethod
-    async def _spool_writer(export: Export, receive: trio.MemoryReceiveChannel[bytearray]) -> None:
-        def write(data: bytearray) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(export.fd, view) :]
+    async def _spool_writer(export: Export, receive: trio.MemoryReceiveChannel[list[bytes]]) -> None:
+        def write(batch: list[bytes]) -> int:
+            total = sum(map(len, batch))
+            done = os.writev(export.fd, batch)
+            if done < total:  # a short write (rare on a regular file): finish it plainly
+                rest = memoryview(b"".join(batch))[done:]
+                while rest:
+                    rest = rest[os.write(export.fd, rest) :]
+            return total
 
         async with receive:
-            async for data in receive:
-                await trio.to_thread.run_sync(write, data)
-                export.advance(len(data))
+            async for batch in receive:
+                export.advance(await trio.to_thread.run_sync(write, batch))
 
     async def _verify(self, export: Export) -> None:
         tail = await trio.to_thread.run_sync(os.pread, export.fd, len(TAR_TRAILER), max(0, export.written - 1024))
