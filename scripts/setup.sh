@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv curl ca-certificates)
 case "${1:-}" in
   --engine) pkgs+=(docker.io busybox-static) ;;
-  --test) pkgs+=(docker.io busybox-static jq rsync pv) ;;
+  --test) pkgs+=(docker.io busybox-static docker-registry jq rsync pv) ;;
 esac
 missing=()
 for p in "${pkgs[@]}"; do

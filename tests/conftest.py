@@ -122,6 +122,38 @@ def second_engine() -> Iterator[Engine]:
     yield from _new_engine("ifs-e2-", samples=False)
 
 
+@pytest.fixture(scope="session")
+def registry() -> Iterator[str]:
+    """A real registry (Debian's docker-registry) on 127.0.0.1: pushing there gives images digests."""
+    root = Path(tempfile.mkdtemp(prefix="ifs-reg-", dir="/tmp"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (root / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_for(lambda: _http_up(address), timeout=15)
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _http_up(address: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection(address, timeout=1)
+        conn.request("GET", "/v2/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
 @dataclass
 class Mount:
     path: Path

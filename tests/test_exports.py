@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Engine, Mount, mount_imagefs, unmount
+from conftest import Engine, Mount, mount_imagefs, unmount, wait_for
 
 REF = "localhost:5000/team/app:2"
 
@@ -161,3 +161,16 @@ def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, t
             engine.start()
         unmount(m)
         engine.docker("rmi", "big/blob:1", check=False)
+
+
+def test_spool_is_bounded_and_evicted_when_nobody_reads(engine: Engine, tmp: Path) -> None:
+    expected = engine.save("busybox:latest")  # about 2 MB: over a 1 MiB bound once complete
+    m = mount_imagefs(engine, tmp, "--cache-size", "1M")
+    try:
+        with open(m / "busybox:latest/export.tar", "rb") as f:
+            assert f.read() == expected
+            assert sum(p.stat().st_size for p in m.cache_dir.glob("spool-*/*")) == len(expected)  # held while open
+        wait_for(lambda: list(m.cache_dir.glob("spool-*/*")) == [], timeout=2)  # release(2) is asynchronous
+        assert (m / "busybox:latest/export.tar").read_bytes() == expected  # exported afresh, same size
+    finally:
+        unmount(m)

@@ -97,6 +97,23 @@ def test_digest_and_id_paths_resolve_without_listing(mount: Mount, engine: Engin
         os.stat(mount / f"myorg/app@sha256:{'a' * 64}")  # a digest the engine does not know
 
 
+def test_digest_reference_resolves_by_path_and_is_not_listed(mount: Mount, engine: Engine, registry: str) -> None:
+    ref = f"{registry}/digest/app:1"
+    engine.docker("tag", "hello:latest", ref)
+    try:
+        engine.docker("push", ref)
+        digest_ref = next(d for i in engine.api("/images/json") for d in i.get("RepoDigests") or ()
+                          if d.startswith(f"{registry}/digest/app@"))
+        wait_for(lambda: (mount / ref).exists(), timeout=2)
+        by_digest = mount / digest_ref
+        assert by_digest.is_dir()
+        assert (by_digest / "inspect").read_bytes() == (mount / ref / "inspect").read_bytes()
+        assert digest_ref in json.loads((by_digest / "inspect").read_text())["RepoDigests"]
+        assert os.listdir(mount / registry / "digest") == ["app:1"]  # the digest form is not listed
+    finally:
+        engine.docker("rmi", ref)
+
+
 def test_nothing_destroys(mount: Mount, engine: Engine) -> None:
     before = engine.tags()
     result = run("rm", "-rf", *[str(p) for p in mount.path.iterdir()])
