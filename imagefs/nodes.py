@@ -104,6 +104,10 @@ class Tree:
     def __post_init__(self) -> None:
         self.outcomes: dict[Path, str] = {}
 
+    async def newest(self) -> int:
+        """The time of engine-wide nodes: the newest image's Created."""
+        return (await self.catalog.snapshot()).newest.get((), 0)
+
     async def resolve(self, path: Path) -> Node | None:
         if not path:
             return Root(self)
@@ -180,7 +184,7 @@ class Root(Dir):
     path: Path = ()
 
     async def stat(self) -> Stat:
-        return _dir_stat((await self.tree.catalog.snapshot()).newest.get((), 0))
+        return _dir_stat(await self.tree.newest())
 
     async def names(self) -> Iterable[str]:
         return sorted((await self.tree.catalog.snapshot()).children.get((), ()))
@@ -212,7 +216,7 @@ class ReservedDir(Dir):
     path: Path
 
     async def stat(self) -> Stat:
-        return _dir_stat((await self.tree.catalog.snapshot()).newest.get((), 0))
+        return _dir_stat(await self.tree.newest())
 
     async def names(self) -> Iterable[str]:
         return [IDS, *RESERVED_FILES]
@@ -266,8 +270,8 @@ class VersionFile(File):
         return pretty(doc)
 
     async def stat(self) -> Stat:
-        # The engine's clock-free answer does not change while it runs; ask anew each time anyway (cheap).
-        return Stat(st.S_IFREG | 0o444, len(await self._content()), 0, volatile=True)
+        # Asked anew each time (cheap): it changes when the engine is upgraded under the mount.
+        return Stat(st.S_IFREG | 0o444, len(await self._content()), await self.tree.newest(), volatile=True)
 
     async def open(self) -> Handle:
         return BytesHandle(await self._content())
@@ -293,7 +297,7 @@ class ControlFile(File):
         return text.encode()
 
     async def stat(self) -> Stat:
-        mtime = self.image.created if self.image else 0
+        mtime = self.image.created if self.image else await self.tree.newest()
         return Stat(st.S_IFREG | 0o600, len(self.content()), mtime, volatile=True)
 
     async def open(self) -> Handle:
@@ -358,8 +362,7 @@ class AllExportFile(File):
         return self.tree.exports.for_all({ref: image.id for ref, image in snap.by_ref.items() if "@" not in ref})
 
     async def _stat(self, wait: bool) -> Stat:
-        mtime = (await self.tree.catalog.snapshot()).newest.get((), 0)
-        return await self.tree.exports.stat(await self._export(), mtime, wait=wait)
+        return await self.tree.exports.stat(await self._export(), await self.tree.newest(), wait=wait)
 
     async def stat(self) -> Stat:
         return await self._stat(wait=True)
