@@ -86,7 +86,8 @@ class Change:
         return bool(self.refs or self.ids)
 
 
-Listener = Callable[[Change], Awaitable[None]]
+# Called with each change; `settle` asks to return only once the change has taken effect.
+Listener = Callable[[Change, bool], Awaitable[None]]
 
 
 def pretty(doc: Any) -> bytes:
@@ -121,8 +122,12 @@ class Catalog:
             await self.refresh(only_if_stale=True)
         return self._snapshot
 
-    async def refresh(self, only_if_stale: bool = False) -> Change:
-        """Fetch the list now (one fetch however many callers), drop what changed, tell the listeners."""
+    async def refresh(self, only_if_stale: bool = False, settle: bool = False) -> Change:
+        """Fetch the list now (one fetch however many callers), drop what changed, tell the listeners.
+
+        With `settle`, return only once the listeners have acted on the change (a control write
+        must show its effect when it returns); a lookup must not wait for that.
+        """
         async with self._lock:
             if only_if_stale and self._fetched_at is not None and trio.current_time() - self._fetched_at < self.ttl:
                 return Change.between(self._snapshot, self._snapshot)
@@ -136,7 +141,7 @@ class Catalog:
         if change:
             log.debug("catalog changed: refs %s, ids %s", sorted(change.refs), sorted(change.ids))
             for listener in self.listeners:
-                await listener(change)
+                await listener(change, settle)
         return change
 
     def forget(self) -> None:

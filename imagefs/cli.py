@@ -118,7 +118,7 @@ def mount_options(opts: dict[str, Any]) -> MountOptions:
 def run_mount(opts: dict[str, Any], argv: list[str]) -> int:
     options = mount_options(opts)
     if not opts["foreground"]:
-        return spawn_daemon(options, argv)
+        return spawn_daemon(options, argv, opts.get("log_file"))
     logging.basicConfig(
         level=logging.DEBUG if opts["debug"] else logging.INFO, stream=sys.stderr,
         format="%(asctime)s imagefs[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -148,9 +148,9 @@ def run_mount(opts: dict[str, Any], argv: list[str]) -> int:
     return 0
 
 
-def spawn_daemon(options: MountOptions, argv: list[str]) -> int:
+def spawn_daemon(options: MountOptions, argv: list[str], log_path: str | None) -> int:
     """Run the daemon as a detached child in the foreground mode; return once it says the mount is ready."""
-    log_file = Path(os.environ.get("IMAGEFS_LOG") or options.cache_dir / "imagefs.log")
+    log_file = Path(log_path or os.environ.get("IMAGEFS_LOG") or options.cache_dir / "imagefs.log")
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_out = open(log_file, "ab")  # noqa: SIM115 - the child's stderr for its whole life

@@ -82,7 +82,9 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
             raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
         catalog = Catalog(engine, fallback_ttl=options.fallback_ttl, live_ttl=options.live_ttl,
                           cache_ttl=options.cache_ttl, cache_entries=options.cache_entries)
-        exports = Exports(engine, options.cache_dir, options.cache_size)
+        version = await engine.version()
+        identity = f"{options.engine.host} {version.get('Version', '?')}"
+        exports = Exports(engine, options.cache_dir, options.cache_size, identity)
         try:
             exports.setup()
         except OSError as exc:
@@ -99,7 +101,8 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         _raise_readahead(options.mountpoint)
         # Unmount even after a failure: a dead mount ("Transport endpoint is not connected") helps nobody.
         stack.callback(pyfuse3.close, unmount=True)
-        nursery.start_soon(EventFollower(catalog, lambda: ops.on_change(None)).run)
+        nursery.start_soon(ops.invalidator)
+        nursery.start_soon(EventFollower(catalog, ops.invalidate_soon).run)
         nursery.start_soon(_stop_on_signals)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         log.info("mounted %s (engine %s, API %s)", options.mountpoint, options.engine.host, engine.api_path)

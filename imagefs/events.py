@@ -9,7 +9,7 @@ backoff, refreshing once it is back to catch what it missed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import trio
 
@@ -22,7 +22,7 @@ FILTERS = {"type": ["image"]}
 
 
 class EventFollower:
-    def __init__(self, catalog: Catalog, lost_track: Callable[[], Awaitable[None]],
+    def __init__(self, catalog: Catalog, lost_track: Callable[[], object],  # called when nothing is known
                  backoff: float = 0.2, max_backoff: float = 5.0) -> None:
         self.catalog = catalog
         self.lost_track = lost_track
@@ -47,7 +47,7 @@ class EventFollower:
                     log.warning("events stream down (%s); %.1f s TTLs until it is back",
                                 reason, self.catalog.fallback_ttl)
                     delay = self.backoff
-                    await self._went_down()
+                    self._went_down()
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
@@ -60,10 +60,10 @@ class EventFollower:
                 log.debug("event %s %s", event.get("Action"), event.get("id"))
                 self._dirty.set()
 
-    async def _went_down(self) -> None:
+    def _went_down(self) -> None:
         self.catalog.events_live = False
         self.catalog.forget()
-        await self.lost_track()
+        self.lost_track()
 
     async def _refresher(self) -> None:
         """One refresh per burst of events: events arriving during a refresh cause one more."""

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 1 << 20  # engine chunks are gathered to this before one writev to the spool
 FLUSH_CHUNKS = 512  # and at most this many chunks, well under writev's IOV_MAX
+MAX_SIZES = 10_000  # remembered export sizes
 SPOOL_QUEUE = 4  # gathered buffers waiting for the disk: the daemon's memory per running export
 TAR_TRAILER = bytes(1024)  # two zero blocks end every tar stream the engine writes
 
@@ -57,14 +58,18 @@ class Export:
 
 
 class Exports:
-    def __init__(self, engine: Engine, cache_dir: Path, cache_size: int) -> None:
+    def __init__(self, engine: Engine, cache_dir: Path, cache_size: int, identity: str = "") -> None:
         self.engine = engine
+        # Sizes are remembered per engine: another engine (version) may save the same image differently.
+        self.identity = identity
         self.cache_size = cache_size
         self.nursery: trio.Nursery | None = None  # where export tasks run; set once the mount's nursery is open
         self.sizes_file = cache_dir / "sizes.json"
         self.spool_dir = cache_dir / f"spool-{os.getpid()}"
         self._sizes: dict[str, int] = {}
+        self._forgotten: set[str] = set()  # sizes proven wrong: not to be merged back from the file
         self._active: dict[str, Export] = {}
+        self._nowait = True  # the spool's file system serves RWF_NOWAIT reads
 
     def setup(self) -> None:
         """Make the spool directory and drop the spools of daemons that died (blocking; call at mount)."""
@@ -87,37 +92,39 @@ class Exports:
     # --- which export ---------------------------------------------------------------------
 
     def for_image(self, image_id: str, target: str) -> Export:
-        key = f"{image_id} {target}"
+        key = f"{self.identity} {image_id} {target}"
         return self._active.get(key) or Export(key, f"/images/{quote_name(target)}/get", [], (target,))
 
     def for_all(self, refs: dict[str, str]) -> Export:
         listing = "\n".join(f"{ref} {image_id}" for ref, image_id in sorted(refs.items()))
-        key = "all " + hashlib.sha256(listing.encode()).hexdigest()
+        key = f"{self.identity} all " + hashlib.sha256(listing.encode()).hexdigest()
         names = tuple(sorted(refs))
         return self._active.get(key) or Export(key, "/images/get", [("names", n) for n in names], names)
 
     # --- what the tree asks ---------------------------------------------------------------
 
     async def stat(self, export: Export, mtime: int, wait: bool = True) -> Stat:
-        """The exact size; while the export runs, wait for it (or, for a listing, say nothing cacheable)."""
-        if export.fd >= 0 and not wait and not export.done.is_set():
-            return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)
-        if export.fd >= 0:
+        """Only ever an exact size: remembered, final, or waited for (a listing does not wait)."""
+        if export.complete:
+            return Stat(st.S_IFREG | 0o444, export.written, mtime)
+        known = self._sizes.get(export.key)
+        if known is not None:
+            # Unproven until this export is verified: reads check it before their end-of-file
+            # (ExportHandle.read), and the kernel must ask again rather than cache it.
+            return Stat(st.S_IFREG | 0o444, known, mtime, volatile=True)
+        if export.fd >= 0 and wait:
             await export.done.wait()
             if export.error is not None:
                 raise export.error
             return Stat(st.S_IFREG | 0o444, export.written, mtime)
-        known = self._sizes.get(export.key)
-        if known is None:
-            # 0 bytes, not world-readable: GNU tar opens it and re-stats instead of storing it empty.
-            return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)
-        return Stat(st.S_IFREG | 0o444, known, mtime)
+        # 0 bytes, not world-readable: GNU tar opens it and re-stats instead of storing it empty.
+        return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)
 
     async def open(self, export: Export) -> ExportHandle:
         if export.fd < 0:
             self._start(export)
         export.readers += 1
-        return ExportHandle(self, export)
+        return ExportHandle(self, export, self._sizes.get(export.key))
 
     # --- the spool ------------------------------------------------------------------------
 
@@ -138,19 +145,22 @@ class Exports:
             self._fail(export, exc)
         except OSError as exc:
             self._fail(export, EngineFailed(500, f"spool {export.spool}: {exc.strerror}", export.url_path))
-        except trio.Cancelled:
-            self._fail(export, EngineUnreachable(f"export {export.key} cancelled: the mount is closing"))
-            raise
         except Exception as exc:  # a bug: it fails this export, never the mount
             log.exception("unexpected error in export %s", export.key)
             self._fail(export, EngineFailed(500, f"internal error: {exc!r}", export.url_path))
+        except BaseException:  # cancelled (the mount is closing), alone or in a group
+            self._fail(export, EngineUnreachable(f"export {export.key} cancelled: the mount is closing"))
+            raise
         else:
             export.complete = True
             export.done.set()
             export.advance(0)
-            self._sizes[export.key] = export.written
             log.info("export %s: complete, %d bytes", export.key, export.written)
-            await trio.to_thread.run_sync(self._save_sizes)
+            self._remember(export.key, export.written)
+            try:
+                await trio.to_thread.run_sync(self._save_sizes)
+            except OSError as exc:  # the sizes only save a later export's first wait
+                log.warning("cannot save export sizes in %s: %s", self.sizes_file, exc)
             self._evict()
 
     async def _spool(self, export: Export) -> None:
@@ -207,6 +217,9 @@ class Exports:
         known = self._sizes.get(export.key)
         if known is not None and known != export.written:
             del self._sizes[export.key]
+            self._forgotten.add(export.key)
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(self._save_sizes)
             raise EngineFailed(500, f"export is {export.written} bytes, {known} before", export.url_path)
 
     def _fail(self, export: Export, exc: ImagefsError) -> None:
@@ -237,10 +250,45 @@ class Exports:
             held -= export.written
             self._drop(export)
 
+    def _remember(self, key: str, size: int) -> None:
+        self._forgotten.discard(key)
+        self._sizes.pop(key, None)
+        self._sizes[key] = size  # newest last: the oldest go first past the bound
+        while len(self._sizes) > MAX_SIZES:
+            del self._sizes[next(iter(self._sizes))]
+
     def _save_sizes(self) -> None:
-        tmp = self.sizes_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._sizes, indent=0, sort_keys=True))
+        """Write the sizes, merged with what other daemons sharing this cache directory wrote."""
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            theirs = json.loads(self.sizes_file.read_text())
+            for key, size in theirs.items():
+                if key not in self._forgotten:
+                    self._sizes.setdefault(str(key), int(size))
+        tmp = self.sizes_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self._sizes, indent=0))
         tmp.replace(self.sizes_file)
+
+    async def pread(self, fd: int, size: int, offset: int) -> memoryview:
+        """Exactly `size` spool bytes: at once when the page cache has them, else from a worker thread.
+
+        A short answer would read as end-of-file to the kernel, so partial reads are completed.
+        """
+        view = memoryview(bytearray(size))
+        got = 0
+        if self._nowait:
+            try:
+                got = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                pass
+            except OSError as exc:  # tmpfs, overlayfs, NFS: no RWF_NOWAIT for reads
+                log.info("spool file system refuses RWF_NOWAIT (%s); reading in threads", exc.strerror)
+                self._nowait = False
+        while got < size:
+            n = await trio.to_thread.run_sync(os.preadv, fd, [view[got:]], offset + got)
+            if n == 0:
+                raise EngineFailed(500, f"spool ended at {offset + got} of {offset + size} bytes")
+            got += n
+        return view
 
     def release(self, export: Export) -> None:
         export.readers -= 1
@@ -255,14 +303,19 @@ class Exports:
 class ExportHandle(Handle):
     exports: Exports
     export: Export
+    told: int | None  # the remembered size stat reported while the export runs, if any
 
     async def read(self, offset: int, size: int) -> memoryview:
         export = self.export
         while export.error is None and not export.complete and export.written < offset + size:
             await export.progress.wait()
+        if not export.complete and self.told is not None and offset + size >= self.told:
+            # This read reaches the end the kernel was told (a remembered size): the reader must
+            # not see end-of-file before the export is verified to have exactly that length.
+            await export.done.wait()
         if export.error is not None:
             raise export.error
-        return await _pread_exact(export.fd, max(0, min(size, export.written - offset)), offset)
+        return await self.exports.pread(export.fd, max(0, min(size, export.written - offset)), offset)
 
     async def release(self) -> None:
         self.exports.release(self.export)
@@ -276,18 +329,3 @@ class ExportHandle(Handle):
     cacheable = True
 
 
-async def _pread_exact(fd: int, size: int, offset: int) -> memoryview:
-    """Exactly `size` spool bytes: at once when the page cache has them, else from a worker thread.
-
-    A short answer would read as end-of-file to the kernel, so partial reads are completed.
-    """
-    view = memoryview(bytearray(size))
-    got = 0
-    with contextlib.suppress(BlockingIOError):
-        got = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
-    while got < size:
-        n = await trio.to_thread.run_sync(os.preadv, fd, [view[got:]], offset + got)
-        if n == 0:
-            raise EngineFailed(500, f"spool ended at {offset + got} of {offset + size} bytes")
-        got += n
-    return view

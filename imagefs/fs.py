@@ -11,6 +11,7 @@ import errno
 import functools
 import hashlib
 import logging
+import math
 import os
 import stat as st
 from collections.abc import Awaitable, Callable
@@ -109,6 +110,7 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._versions: dict[int, object] = {}  # inode -> content version the kernel may have cached
         self.unexpected = 0  # handler bugs caught by _guard; the tests expect none
+        self._changes, self._pending = trio.open_memory_channel[tuple[Change | None, trio.Event]](math.inf)
 
     # --- attributes -----------------------------------------------------------------------
 
@@ -272,8 +274,34 @@ class Operations(pyfuse3.Operations):
 
     # --- coherence: the one place the kernel is told to forget ----------------------------
 
-    async def on_change(self, change: Change | None) -> None:
-        """Drop the kernel's entries and cached attributes/pages for what changed (None: everything)."""
+    async def on_change(self, change: Change | None, settle: bool = False) -> None:
+        """Have the kernel forget what changed (None: everything); with `settle`, wait until it has.
+
+        The invalidator task does the work: a lookup or readdir that caused a refresh holds its
+        directory's lock in the kernel until it is answered, and invalidating an entry there
+        needs that lock, so such a request must never wait for its own invalidation.
+        """
+        done = self.invalidate_soon(change)
+        if settle:
+            await done.wait()
+
+    def invalidate_soon(self, change: Change | None = None) -> trio.Event:
+        """Queue a change for the invalidator (None: everything); the event is set once it is done."""
+        done = trio.Event()
+        self._changes.send_nowait((change, done))
+        return done
+
+    async def invalidator(self) -> None:
+        """The task behind on_change: one change at a time, in order."""
+        async for change, done in self._pending:
+            try:
+                await self._invalidate(change)
+            except Exception:
+                log.exception("unexpected error invalidating the kernel's cache")
+            finally:
+                done.set()
+
+    async def _invalidate(self, change: Change | None) -> None:
         known = self.inodes.known()
         if change is None:
             dropped, touched = [p for p in known if p], set()
@@ -285,8 +313,7 @@ class Operations(pyfuse3.Operations):
         for ino in inodes:
             self._versions.pop(ino, None)
         if inodes or dentries:
-            # In a worker thread: on the trio thread, a notification about an entry a pending
-            # lookup holds would wait for that lookup's reply, which could then never be sent.
+            # In a worker thread: invalidate_entry blocks until the kernel has done it.
             await trio.to_thread.run_sync(_notify_kernel, dentries, inodes)
 
 

@@ -7,6 +7,7 @@ longer than the catalog's snapshot is.
 
 from __future__ import annotations
 
+import hashlib
 import stat as st
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -90,7 +91,7 @@ class BytesHandle(Handle):
 
     @property
     def version(self) -> object:
-        return self.data
+        return hashlib.blake2b(self.data, digest_size=16).digest()
 
 
 @dataclass
@@ -115,7 +116,8 @@ class Tree:
             return await self._resolve_reserved(path)
         if path[-1] in IMAGE_FILES and references.is_image_path(path[:-1]):
             image = (await self.catalog.snapshot()).image_at(path[:-1])
-            return self._image_file(path, image, "/".join(path[:-1])) if image else None
+            if image is not None:  # the fixed file wins over a namespace child of the same name
+                return self._image_file(path, image, "/".join(path[:-1]))
         if not (references.is_image_path(path) or references.is_namespace_path(path)):
             return None  # no reference can live here: answered without the engine
         snap = await self.catalog.snapshot()
@@ -313,7 +315,7 @@ class ControlFile(File):
             self.tree.outcomes[self.path] = f"error: {getattr(exc, 'message', None) or exc}"
             raise
         self.tree.outcomes[self.path] = outcome
-        await self.tree.catalog.refresh()
+        await self.tree.catalog.refresh(settle=True)
 
 
 @dataclass

@@ -6,14 +6,17 @@ fails when the daemon logged a bug caught by its last-resort guard.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import shutil
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -235,3 +238,52 @@ def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> fl
 
 def pretty(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+class EventlessProxy:
+    """A unix-socket proxy to an engine that refuses /events: an engine whose event stream is down."""
+
+    def __init__(self, upstream: str, path: Path) -> None:
+        self.upstream, self.path = upstream, path
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), self._handler())
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        upstream = self.upstream
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = self.request.recv(65536)
+                    if not chunk:
+                        return
+                    head += chunk
+                if b"/events" in head.split(b"\r\n", 1)[0]:
+                    body = b'{"message":"events are off here"}'
+                    self.request.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                                         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+                    return
+                with socket.socket(socket.AF_UNIX) as up:
+                    up.connect(upstream)
+                    up.sendall(head)
+                    pump = threading.Thread(target=_copy, args=(self.request, up), daemon=True)
+                    pump.start()
+                    _copy(up, self.request)
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _copy(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(1 << 16):
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Engine, Mount, mount_imagefs, unmount, wait_for
+from conftest import Engine, EventlessProxy, Mount, mount_imagefs, unmount, wait_for
 
 from imagefs import controls
 from imagefs.errors import BadCommand
@@ -124,6 +124,7 @@ def test_changes_by_others_show_within_a_second(mount: Mount, engine: Engine) ->
 def test_moved_tag_shows_the_new_image(mount: Mount, engine: Engine) -> None:
     engine.docker("tag", "hello:latest", "moving/tag:1")
     try:
+        wait_for(lambda: (mount / "moving/tag:1").exists(), timeout=1.0)  # made by another: within 1 s
         first = (mount / "moving/tag:1/inspect").read_text()
         engine.docker("tag", "busybox:latest", "moving/tag:1")
         busybox_id = engine.docker("image", "inspect", "-f", "{{.Id}}", "busybox:latest").stdout.strip()
@@ -191,3 +192,24 @@ def _valid_anywhere(data: bytes) -> bool:
         except BadCommand:
             pass
     return False
+
+
+def test_without_events_ttls_keep_it_coherent_and_lookups_never_hang(engine: Engine, tmp: Path) -> None:
+    proxy = EventlessProxy(engine.sock, tmp / "proxy.sock")
+    try:
+        m = mount_imagefs(engine, tmp, "-H", f"unix://{tmp}/proxy.sock")
+        try:
+            for _ in range(3):
+                subprocess.run(["ls", "-l", str(m.path)], capture_output=True, timeout=10, check=True)
+                engine.docker("tag", "busybox:latest", "noevents/x:1")
+                time.sleep(1.2)  # past the 1 s list TTL: the next lookup refreshes and invalidates
+                # A lookup in the root whose refresh must drop root entries: it must not wait for that.
+                subprocess.run(["stat", str(m / "nosuch:1")], capture_output=True, timeout=10)
+                wait_for(lambda: "noevents" in os.listdir(m.path), timeout=2.5)
+                engine.docker("rmi", "noevents/x:1")
+                wait_for(lambda: "noevents" not in os.listdir(m.path), timeout=2.5)
+            assert "events stream down" not in m.log_text() or "events are off here" in m.log_text()
+        finally:
+            unmount(m)
+    finally:
+        proxy.close()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,15 +133,23 @@ def test_random_access_and_remembered_size(engine: Engine, tmp: Path) -> None:
         unmount(again)
 
 
-def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, tmp: Path) -> None:
-    big = tmp / "ctx"
-    big.mkdir()
-    with open(big / "blob", "wb") as f:
-        for _ in range(96):
-            f.write(os.urandom(1 << 20))
-    (big / "Dockerfile").write_text("FROM scratch\nCOPY blob /blob\n")
-    engine.docker("build", "-q", "-t", "big/blob:1", str(big))
-    shutil.rmtree(big)
+@pytest.fixture(scope="module")
+def blob(engine: Engine) -> Iterator[str]:
+    """An image of 96 MiB of random bytes, built offline: its export takes a noticeable time."""
+    ctx = Path(tempfile.mkdtemp(prefix="ifs-blob-", dir="/tmp"))
+    try:
+        with open(ctx / "blob", "wb") as f:
+            for _ in range(96):
+                f.write(os.urandom(1 << 20))
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY blob /blob\n")
+        engine.docker("build", "-q", "-t", "big/blob:1", str(ctx))
+    finally:
+        shutil.rmtree(ctx)
+    yield "big/blob:1"
+    engine.docker("rmi", "big/blob:1", check=False)
+
+
+def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, tmp: Path, blob: str) -> None:
     m = mount_imagefs(engine, tmp)
     try:
         # os.open, not open(): Python's fstat after open would wait for the whole export.
@@ -160,7 +171,6 @@ def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, t
         if not os.path.exists(engine.sock):
             engine.start()
         unmount(m)
-        engine.docker("rmi", "big/blob:1", check=False)
 
 
 def test_spool_is_bounded_and_evicted_when_nobody_reads(engine: Engine, tmp: Path) -> None:
@@ -174,3 +184,57 @@ def test_spool_is_bounded_and_evicted_when_nobody_reads(engine: Engine, tmp: Pat
         assert (m / "busybox:latest/export.tar").read_bytes() == expected  # exported afresh, same size
     finally:
         unmount(m)
+
+
+def test_listing_during_an_export_never_truncates_a_reader(engine: Engine, tmp: Path, blob: str) -> None:
+    m = mount_imagefs(engine, tmp)
+    try:
+        expected = (m / blob / "export.tar").read_bytes()  # now its size is remembered
+    finally:
+        unmount(m)
+    for _ in range(2):
+        m = mount_imagefs(engine, tmp)  # same cache: a re-export whose size is known
+        try:
+            reader = subprocess.Popen(["bash", "-c", f"cat '{m.path}/{blob}/export.tar' > {tmp}/copy.tar"])
+            deadline = time.monotonic() + 1.0
+            while reader.poll() is None and time.monotonic() < deadline:
+                sh(f"ls -l '{m.path}/big/blob:1' '{m.path}/big'")
+            assert reader.wait(60) == 0
+            assert (tmp / "copy.tar").read_bytes() == expected
+        finally:
+            unmount(m)
+
+
+def test_a_wrong_remembered_size_is_eio_never_a_short_copy(engine: Engine, tmp: Path) -> None:
+    m = mount_imagefs(engine, tmp)
+    try:
+        expected = (m / "busybox:latest/export.tar").read_bytes()
+    finally:
+        unmount(m)
+    sizes_file = m.cache_dir / "sizes.json"
+    sizes = json.loads(sizes_file.read_text())
+    key = next(k for k in sizes if k.endswith(" busybox:latest"))
+    for wrong in (len(expected) - 4096, len(expected) + 4096):
+        sizes[key] = wrong
+        sizes_file.write_text(json.dumps(sizes))
+        m = mount_imagefs(engine, tmp)
+        try:
+            assert os.stat(m / "busybox:latest/export.tar").st_size == wrong
+            result = sh(f"cat '{m.path}/busybox:latest/export.tar' > {tmp}/copy.tar")
+            assert result.returncode != 0 and "Input/output error" in result.stderr
+            assert (m / "busybox:latest/export.tar").read_bytes() == expected  # the next export is right
+        finally:
+            unmount(m)
+
+
+def test_cache_dir_on_tmpfs(engine: Engine, tmp: Path) -> None:
+    (tmp / "tmpfs").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(tmp / "tmpfs")], check=True)
+    try:
+        m = mount_imagefs(engine, tmp, "--cache-dir", str(tmp / "tmpfs/cache"))
+        try:
+            assert (m / "busybox:latest/export.tar").read_bytes() == engine.save("busybox:latest")
+        finally:
+            unmount(m)
+    finally:
+        subprocess.run(["umount", str(tmp / "tmpfs")], check=True)

@@ -104,14 +104,29 @@ def test_digest_reference_resolves_by_path_and_is_not_listed(mount: Mount, engin
         engine.docker("push", ref)
         digest_ref = next(d for i in engine.api("/images/json") for d in i.get("RepoDigests") or ()
                           if d.startswith(f"{registry}/digest/app@"))
-        wait_for(lambda: (mount / ref).exists(), timeout=2)
         by_digest = mount / digest_ref
-        assert by_digest.is_dir()
+        wait_for(by_digest.is_dir, timeout=1.0)  # the push event brings the digest within 1 s
         assert (by_digest / "inspect").read_bytes() == (mount / ref / "inspect").read_bytes()
         assert digest_ref in json.loads((by_digest / "inspect").read_text())["RepoDigests"]
         assert os.listdir(mount / registry / "digest") == ["app:1"]  # the digest form is not listed
     finally:
         engine.docker("rmi", ref)
+
+
+def test_a_component_both_image_and_namespace(mount: Mount, engine: Engine) -> None:
+    engine.docker("tag", "busybox:latest", "localhost:5000/tag/x:1")
+    try:
+        wait_for(lambda: "tag" in os.listdir(mount / "localhost:5000"), timeout=1.0)  # only a namespace here
+        assert os.listdir(mount / "localhost:5000/tag") == ["x:1"]
+        engine.docker("tag", "hello:latest", "localhost:5000")  # repository localhost, tag 5000
+        wait_for(lambda: "inspect" in os.listdir(mount / "localhost:5000"), timeout=1.0)
+        names = os.listdir(mount / "localhost:5000")
+        assert names.count("tag") == 1 and "team" in names  # the fixed file wins; other namespaces stay
+        assert (mount / "localhost:5000/tag").is_file()
+        assert "localhost:5000" in json.loads((mount / "localhost:5000/inspect").read_text())["RepoTags"]
+    finally:
+        engine.docker("rmi", "localhost:5000/tag/x:1", check=False)
+        engine.docker("rmi", "localhost:5000", check=False)
 
 
 def test_nothing_destroys(mount: Mount, engine: Engine) -> None:
