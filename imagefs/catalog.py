@@ -149,6 +149,15 @@ class Catalog:
         self._fetched_at = None
         self._docs.clear()
 
+    async def version(self) -> bytes:
+        """The engine's /version plus the API path in use, as `.imagefs/version` reads."""
+        doc = self._docs.get(("", "version"))
+        if doc is None:
+            answer = await self.engine.version()
+            answer["ImagefsApiPath"] = self.engine.api_path
+            doc = self._docs[("", "version")] = pretty(answer)
+        return doc
+
     async def document(self, image_id: str, kind: str) -> bytes:
         """`inspect` or `history` of an image, as the bytes a read returns."""
         key = (image_id, kind)

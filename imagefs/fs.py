@@ -83,13 +83,17 @@ class Inodes:
     def remember(self, ino: int) -> None:
         self._lookups[ino] = self._lookups.get(ino, 0) + 1
 
-    def forget(self, ino: int, n: int) -> None:
+    def forget(self, ino: int, n: int) -> bool:
+        """Count down the kernel's references; True when the inode is gone from the table."""
         left = self._lookups.get(ino, 0) - n
         if left > 0:
             self._lookups[ino] = left
-        elif ino != pyfuse3.ROOT_INODE:
-            self._lookups.pop(ino, None)
-            self._ino.pop(self._path.pop(ino, ()), None)
+            return False
+        if ino == pyfuse3.ROOT_INODE:
+            return False
+        self._lookups.pop(ino, None)
+        self._ino.pop(self._path.pop(ino, ()), None)
+        return True
 
 
 @dataclass
@@ -158,7 +162,8 @@ class Operations(pyfuse3.Operations):
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
-            self.inodes.forget(ino, n)
+            if self.inodes.forget(ino, n):
+                self._versions.pop(ino, None)
 
     # --- directories ----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import controls, references
-from .catalog import Catalog, Change, Image, Snapshot, pretty
+from .catalog import Catalog, Change, Image, Snapshot
 from .errors import NoSuchImage, ReadOnly
 from .references import Path
 
@@ -265,18 +265,11 @@ class VersionFile(File):
     tree: Tree
     path: Path
 
-    async def _content(self) -> bytes:
-        engine = self.tree.catalog.engine
-        doc = await engine.version()
-        doc["ImagefsApiPath"] = engine.api_path
-        return pretty(doc)
-
     async def stat(self) -> Stat:
-        # Asked anew each time (cheap): it changes when the engine is upgraded under the mount.
-        return Stat(st.S_IFREG | 0o444, len(await self._content()), await self.tree.newest(), volatile=True)
+        return Stat(st.S_IFREG | 0o444, len(await self.tree.catalog.version()), await self.tree.newest())
 
     async def open(self) -> Handle:
-        return BytesHandle(await self._content())
+        return BytesHandle(await self.tree.catalog.version())
 
 
 @dataclass
