@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 PREFERRED_API = "1.41"  # the version the seed (dockerctl) was generated for
+# The events stream may be silent for hours: without keepalive a peer that vanished (a half-open
+# TCP connection) would leave imagefs trusting its snapshot until --live-ttl instead of ~25 s.
+TCP_KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+]
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ class EngineConfig:
         tls = parts.scheme == "https" or (parts.scheme == "tcp" and (self.tls_verify or self.tls_cert))
         url = f"{'https' if tls else 'http'}://{parts.netloc}{parts.path.rstrip('/')}"
         if not tls:
-            return httpx.AsyncHTTPTransport(), url
+            return httpx.AsyncHTTPTransport(socket_options=TCP_KEEPALIVE), url
         ctx = ssl.create_default_context(cafile=self.tls_ca if self.tls_verify else None)
         if not self.tls_verify:
             # The docker CLI without --tlsverify encrypts but does not check the server.
@@ -94,7 +103,7 @@ class EngineConfig:
             ctx.verify_mode = ssl.CERT_NONE
         if self.tls_cert and os.path.exists(self.tls_cert):
             ctx.load_cert_chain(self.tls_cert, self.tls_key)
-        return httpx.AsyncHTTPTransport(verify=ctx), url
+        return httpx.AsyncHTTPTransport(verify=ctx, socket_options=TCP_KEEPALIVE), url
 
 
 def quote_name(name: str) -> str:

@@ -240,18 +240,26 @@ def pretty(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-class EventlessProxy:
-    """A unix-socket proxy to an engine that refuses /events: an engine whose event stream is down."""
+class Proxy:
+    """A proxy to the engine's unix socket, listening on a unix socket or on TCP 127.0.0.1.
 
-    def __init__(self, upstream: str, path: Path) -> None:
-        self.upstream, self.path = upstream, path
-        self.server = socketserver.ThreadingUnixStreamServer(str(path), self._handler())
-        self.server.daemon_threads = True
+    With `refuse_events` it answers /events with 500: an engine whose event stream is down.
+    """
+
+    def __init__(self, upstream: str, listen: Path | None = None, refuse_events: bool = False) -> None:
+        handler = self._handler(upstream, refuse_events)
+        self.server: socketserver.BaseServer
+        if listen is None:
+            self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+            self.address = f"127.0.0.1:{self.server.server_address[1]}"  # type: ignore[index]
+        else:
+            self.server = socketserver.ThreadingUnixStreamServer(str(listen), handler)
+            self.address = str(listen)
+        self.server.daemon_threads = True  # type: ignore[attr-defined]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def _handler(self) -> type[socketserver.BaseRequestHandler]:
-        upstream = self.upstream
-
+    @staticmethod
+    def _handler(upstream: str, refuse_events: bool) -> type[socketserver.BaseRequestHandler]:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 head = b""
@@ -260,7 +268,7 @@ class EventlessProxy:
                     if not chunk:
                         return
                     head += chunk
-                if b"/events" in head.split(b"\r\n", 1)[0]:
+                if refuse_events and b"/events" in head.split(b"\r\n", 1)[0]:
                     body = b'{"message":"events are off here"}'
                     self.request.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
                                          b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Engine, EventlessProxy, Mount, mount_imagefs, unmount, wait_for
+from conftest import Engine, Mount, Proxy, mount_imagefs, unmount, wait_for
 
 from imagefs import controls
 from imagefs.errors import BadCommand
@@ -195,7 +195,7 @@ def _valid_anywhere(data: bytes) -> bool:
 
 
 def test_without_events_ttls_keep_it_coherent_and_lookups_never_hang(engine: Engine, tmp: Path) -> None:
-    proxy = EventlessProxy(engine.sock, tmp / "proxy.sock")
+    proxy = Proxy(engine.sock, tmp / "proxy.sock", refuse_events=True)
     try:
         m = mount_imagefs(engine, tmp, "-H", f"unix://{tmp}/proxy.sock")
         try:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IMAGEFS, Engine, Mount, mount_imagefs, pretty, unmount, wait_for
+from conftest import IMAGEFS, Engine, Mount, Proxy, mount_imagefs, pretty, unmount, wait_for
 
 
 def run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -204,6 +204,24 @@ def test_sigterm_unmounts_cleanly(engine: Engine, tmp: Path) -> None:
         assert not list(m.cache_dir.glob("spool-*"))
     finally:
         unmount(m)
+
+
+@pytest.mark.parametrize("how", ["-H", "seed"])
+def test_an_engine_over_tcp(engine: Engine, tmp: Path, how: str) -> None:
+    proxy = Proxy(engine.sock)
+    try:
+        args = ["-H", f"tcp://{proxy.address}"] if how == "-H" else ["--hostname", proxy.address, "--scheme", "http"]
+        m = mount_imagefs(engine, tmp, *args)
+        try:
+            assert (m / "hello:latest/inspect").read_bytes() == pretty(engine.api("/images/hello:latest/json"))
+            engine.docker("tag", "hello:latest", "over/tcp:1")
+            wait_for(lambda: (m / "over/tcp:1").exists(), timeout=1.0)  # events over TCP too
+            assert f"engine tcp://{proxy.address}" in m.log_text() or f"engine http://{proxy.address}" in m.log_text()
+        finally:
+            unmount(m)
+            engine.docker("rmi", "over/tcp:1", check=False)
+    finally:
+        proxy.close()
 
 
 def test_config_file_and_flags(engine: Engine, tmp: Path) -> None:
