@@ -92,7 +92,9 @@ class Inodes:
         if ino == pyfuse3.ROOT_INODE:
             return False
         self._lookups.pop(ino, None)
-        self._ino.pop(self._path.pop(ino, ()), None)
+        path = self._path.pop(ino, None)
+        if path is not None:
+            self._ino.pop(path, None)
         return True
 
 
