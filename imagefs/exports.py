@@ -38,6 +38,7 @@ TAR_TRAILER = bytes(1024)  # two zero blocks end every tar stream the engine wri
 @dataclass(eq=False)
 class Export:
     key: str  # what its size is remembered under
+    file: str  # which file it is the content of: a reference, an ID, or "all"
     url_path: str
     params: list[tuple[str, str]]
     names: tuple[str, ...]
@@ -69,6 +70,7 @@ class Exports:
         self._sizes: dict[str, int] = {}
         self._forgotten: set[str] = set()  # sizes proven wrong: not to be merged back from the file
         self._active: dict[str, Export] = {}
+        self._held: dict[str, Export] = {}  # per file, the export its open handles read
         self._nowait = True  # the spool's file system serves RWF_NOWAIT reads
 
     def setup(self) -> None:
@@ -93,18 +95,22 @@ class Exports:
 
     def for_image(self, image_id: str, target: str) -> Export:
         key = f"{self.identity} {image_id} {target}"
-        return self._active.get(key) or Export(key, f"/images/{quote_name(target)}/get", [], (target,))
+        return self._active.get(key) or Export(key, target, f"/images/{quote_name(target)}/get", [], (target,))
 
     def for_all(self, refs: dict[str, str]) -> Export:
         listing = "\n".join(f"{ref} {image_id}" for ref, image_id in sorted(refs.items()))
         key = f"{self.identity} all " + hashlib.sha256(listing.encode()).hexdigest()
         names = tuple(sorted(refs))
-        return self._active.get(key) or Export(key, "/images/get", [("names", n) for n in names], names)
+        return self._active.get(key) or Export(key, "all", "/images/get", [("names", n) for n in names], names)
 
     # --- what the tree asks ---------------------------------------------------------------
 
     async def stat(self, export: Export, mtime: int, wait: bool = True) -> Stat:
         """Only ever an exact size: remembered, final, or waited for (a listing does not wait)."""
+        held = self._held.get(export.file)
+        if held is not None and held is not export and held.readers > 0:
+            # The file's image moved while it is open: its readers' fstat must still see their content.
+            export = held
         if export.complete:
             return Stat(st.S_IFREG | 0o444, export.written, mtime)
         known = self._sizes.get(export.key)
@@ -124,6 +130,7 @@ class Exports:
         if export.fd < 0:
             self._start(export)
         export.readers += 1
+        self._held[export.file] = export
         return ExportHandle(self, export, self._sizes.get(export.key))
 
     # --- the spool ------------------------------------------------------------------------
@@ -292,6 +299,8 @@ class Exports:
 
     def release(self, export: Export) -> None:
         export.readers -= 1
+        if export.readers == 0 and self._held.get(export.file) is export:
+            del self._held[export.file]
         export.last_used = trio.current_time()
         if export.key not in self._active or export.error is not None:
             self._drop(export)

@@ -169,6 +169,8 @@ class Tree:
                 prefix = path[:depth]
                 exists = new.is_namespace(prefix) or new.image_at(prefix) is not None
                 (nodes if exists else trees).add(prefix)
+        if change.refs:
+            nodes.add((RESERVED, "all.tar"))  # every tagged reference is in it
         for image_id in change.ids:
             trees.add((RESERVED, IDS, image_id))
             for image in (change.old.images.get(image_id), new.images.get(image_id)):

@@ -204,6 +204,7 @@ def test_affected_new_tag() -> None:
     assert ("myorg",) in nodes  # the new namespace exists: its attributes changed, not gone
     assert ("myorg",) not in trees
     assert nodes >= ALWAYS
+    assert (RESERVED, "all.tar") in nodes  # a new tag changes the all-images archive
     assert ("org", "b:1") not in trees and ("org",) not in trees | nodes
     assert (RESERVED, IDS, B) not in trees
 
@@ -253,7 +254,7 @@ def test_affected_removed_image() -> None:
     assert (RESERVED, IDS, A) in trees
     assert {("alpine:latest",), ("org", "a:1"), ("org",), (f"alpine@{DIGEST}",)} <= trees
     assert ("b:1",) not in trees and (RESERVED, IDS, B) not in trees
-    assert nodes == ALWAYS
+    assert nodes == ALWAYS | {(RESERVED, "all.tar")}
 
 
 def test_affected_removed_untagged_image() -> None:

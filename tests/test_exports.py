@@ -238,3 +238,18 @@ def test_cache_dir_on_tmpfs(engine: Engine, tmp: Path) -> None:
             unmount(m)
     finally:
         subprocess.run(["umount", str(tmp / "tmpfs")], check=True)
+
+
+def test_an_open_export_keeps_its_size_when_the_tags_change(mount: Mount, engine: Engine) -> None:
+    fd = os.open(mount / ".imagefs/all.tar", os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size + 1, 0)
+        assert len(data) == size > 0
+        engine.docker("tag", "hello:latest", "while/open:1")  # all.tar of the new tag set is another export
+        wait_for(lambda: (mount / "while/open:1").exists(), timeout=1.0)
+        assert os.fstat(fd).st_size == size  # what tar re-stats after open: never 0 for what it reads
+        assert os.pread(fd, size + 1, 0) == data
+    finally:
+        os.close(fd)
+        engine.docker("rmi", "while/open:1")
