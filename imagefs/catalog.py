@@ -138,7 +138,7 @@ class Catalog:
             for image_id in change.ids:
                 for kind in ("inspect", "history"):
                     self._docs.pop((image_id, kind), None)
-        if change:
+        if change or settle:  # settling on "no change" still waits for changes queued before it
             log.debug("catalog changed: refs %s, ids %s", sorted(change.refs), sorted(change.ids))
             for listener in self.listeners:
                 await listener(change, settle)

@@ -78,11 +78,11 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         try:
             with trio.fail_after(options.engine.timeout):
                 await engine.negotiate()
+                version = await engine.version()
         except (ImagefsError, trio.TooSlowError) as exc:
             raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
         catalog = Catalog(engine, fallback_ttl=options.fallback_ttl, live_ttl=options.live_ttl,
                           cache_ttl=options.cache_ttl, cache_entries=options.cache_entries)
-        version = await engine.version()
         identity = f"{options.engine.host} {version.get('Version', '?')}"
         exports = Exports(engine, options.cache_dir, options.cache_size, identity)
         try:

@@ -12,6 +12,7 @@ with EIO and its spool is dropped: a short file that looks complete is data loss
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ class Export:
     spool: Path | None = None
     fd: int = -1
     written: int = 0
+    expected: int | None = None  # the remembered size when it started: what readers were told
     complete: bool = False
     error: ImagefsError | None = None
     readers: int = 0
@@ -82,8 +84,7 @@ class Exports:
                 for f in old.iterdir():
                     f.unlink(missing_ok=True)
                 old.rmdir()
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            self._sizes = {str(k): int(v) for k, v in json.loads(self.sizes_file.read_text()).items()}
+        self._sizes = _load_sizes(self.sizes_file)
 
     def close(self) -> None:
         for export in list(self._active.values()):
@@ -105,15 +106,33 @@ class Exports:
 
     # --- what the tree asks ---------------------------------------------------------------
 
+    def _current(self, export: Export) -> Export:
+        """The export a file's readers are on: while one is open, a moved image or tag set waits its turn.
+
+        Even a failed one: its readers' size refreshes must fail too, not read 0 (an end-of-file).
+        """
+        held = self._held.get(export.file)
+        if held is not None and held.readers > 0:
+            return held
+        return export
+
     async def stat(self, export: Export, mtime: int, wait: bool = True) -> Stat:
         """Only ever an exact size: remembered, final, or waited for (a listing does not wait)."""
-        held = self._held.get(export.file)
-        if held is not None and held is not export and held.readers > 0:
-            # The file's image moved while it is open: its readers' fstat must still see their content.
-            export = held
+        current = self._current(export)
+        if current is export:
+            return await self._stat(export, mtime, wait)
+        # Held for readers of an image (or tag set) that has since moved: true only until they close.
+        return dataclasses.replace(await self._stat(current, mtime, wait), volatile=True)
+
+    async def _stat(self, export: Export, mtime: int, wait: bool) -> Stat:
+        if export.error is not None:
+            if wait:
+                raise export.error
+            # A listing goes on; the volatile 0 sends any reader of it back to stat, which fails.
+            return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)
         if export.complete:
             return Stat(st.S_IFREG | 0o444, export.written, mtime)
-        known = self._sizes.get(export.key)
+        known = export.expected if export.fd >= 0 else self._sizes.get(export.key)
         if known is not None:
             # Unproven until this export is verified: reads check it before their end-of-file
             # (ExportHandle.read), and the kernel must ask again rather than cache it.
@@ -127,16 +146,18 @@ class Exports:
         return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)
 
     async def open(self, export: Export) -> ExportHandle:
+        export = self._current(export)
         if export.fd < 0:
             self._start(export)
         export.readers += 1
         self._held[export.file] = export
-        return ExportHandle(self, export, self._sizes.get(export.key))
+        return ExportHandle(self, export)
 
     # --- the spool ------------------------------------------------------------------------
 
     def _start(self, export: Export) -> None:
         self._evict(reserve=self._sizes.get(export.key, 0))
+        export.expected = self._sizes.get(export.key)
         export.spool = self.spool_dir / hashlib.sha256(export.key.encode()).hexdigest()
         export.fd = os.open(export.spool, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._active[export.key] = export
@@ -165,9 +186,9 @@ class Exports:
             log.info("export %s: complete, %d bytes", export.key, export.written)
             self._remember(export.key, export.written)
             try:
-                await trio.to_thread.run_sync(self._save_sizes)
-            except OSError as exc:  # the sizes only save a later export's first wait
-                log.warning("cannot save export sizes in %s: %s", self.sizes_file, exc)
+                await self._save_sizes()
+            except Exception as exc:  # the sizes only save a later export's first wait
+                log.warning("cannot save export sizes in %s: %r", self.sizes_file, exc)
             self._evict()
 
     async def _spool(self, export: Export) -> None:
@@ -221,13 +242,12 @@ class Exports:
         if export.written % 512 or tail != TAR_TRAILER:
             raise EngineFailed(500, f"export of {' '.join(export.names)} ended without a tar trailer "
                                f"after {export.written} bytes (error inside the stream?)", export.url_path)
-        known = self._sizes.get(export.key)
-        if known is not None and known != export.written:
-            del self._sizes[export.key]
+        if export.expected is not None and export.expected != export.written:
+            self._sizes.pop(export.key, None)
             self._forgotten.add(export.key)
-            with contextlib.suppress(OSError):
-                await trio.to_thread.run_sync(self._save_sizes)
-            raise EngineFailed(500, f"export is {export.written} bytes, {known} before", export.url_path)
+            with contextlib.suppress(Exception):
+                await self._save_sizes()
+            raise EngineFailed(500, f"export is {export.written} bytes, {export.expected} before", export.url_path)
 
     def _fail(self, export: Export, exc: ImagefsError) -> None:
         log.error("export %s failed: %s", export.key, exc)
@@ -261,19 +281,15 @@ class Exports:
         self._forgotten.discard(key)
         self._sizes.pop(key, None)
         self._sizes[key] = size  # newest last: the oldest go first past the bound
-        while len(self._sizes) > MAX_SIZES:
-            del self._sizes[next(iter(self._sizes))]
 
-    def _save_sizes(self) -> None:
-        """Write the sizes, merged with what other daemons sharing this cache directory wrote."""
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            theirs = json.loads(self.sizes_file.read_text())
-            for key, size in theirs.items():
-                if key not in self._forgotten:
-                    self._sizes.setdefault(str(key), int(size))
-        tmp = self.sizes_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._sizes, indent=0))
-        tmp.replace(self.sizes_file)
+    async def _save_sizes(self) -> None:
+        """Write the sizes (merged under those of other daemons sharing the cache directory), bounded."""
+        ours = dict(self._sizes)
+        merged = await trio.to_thread.run_sync(_write_sizes, self.sizes_file, ours, frozenset(self._forgotten))
+        merged.update((k, v) for k, v in self._sizes.items() if k not in ours)  # remembered meanwhile
+        for key in self._forgotten:
+            merged.pop(key, None)
+        self._sizes = dict(list(merged.items())[-MAX_SIZES:])
 
     async def pread(self, fd: int, size: int, offset: int) -> memoryview:
         """Exactly `size` spool bytes: at once when the page cache has them, else from a worker thread.
@@ -312,13 +328,12 @@ class Exports:
 class ExportHandle(Handle):
     exports: Exports
     export: Export
-    told: int | None  # the remembered size stat reported while the export runs, if any
 
     async def read(self, offset: int, size: int) -> memoryview:
         export = self.export
         while export.error is None and not export.complete and export.written < offset + size:
             await export.progress.wait()
-        if not export.complete and self.told is not None and offset + size >= self.told:
+        if not export.complete and export.expected is not None and offset + size >= export.expected:
             # This read reaches the end the kernel was told (a remembered size): the reader must
             # not see end-of-file before the export is verified to have exactly that length.
             await export.done.wait()
@@ -338,3 +353,25 @@ class ExportHandle(Handle):
     cacheable = True
 
 
+
+
+def _write_sizes(path: Path, ours: dict[str, int], forgotten: frozenset[str]) -> dict[str, int]:
+    """Merge ours over the file's (other daemons may share it), keep the newest MAX_SIZES, write atomically."""
+    merged = {k: v for k, v in _load_sizes(path).items() if k not in ours and k not in forgotten}
+    merged.update(ours)
+    merged = dict(list(merged.items())[-MAX_SIZES:])
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=0))
+    tmp.replace(path)
+    return merged
+
+
+def _load_sizes(path: Path) -> dict[str, int]:
+    """Remembered sizes from disk; whatever is unreadable or malformed there is ignored."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {str(k): v for k, v in doc.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}

@@ -153,7 +153,8 @@ class Operations(pyfuse3.Operations):
         path = (*self.inodes.path(parent_inode), os.fsdecode(name))
         if name in (b".", b".."):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        attr = self._attributes(path, await (await self._resolve(path)).stat())
+        # Never waits (an export's size): the kernel holds the directory's lock until this is answered.
+        attr = self._attributes(path, await (await self._resolve(path)).listing_stat())
         self.inodes.remember(attr.st_ino)
         return attr
 
@@ -333,7 +334,9 @@ def _notify_kernel(dentries: list[tuple[int, bytes]], inodes: list[int]) -> None
                 log.warning("invalidate_entry(%d, %r): %s", parent, name, exc)
     for ino in inodes:
         try:
-            pyfuse3.invalidate_inode(ino)
+            # Attributes only: pages are dropped at the next open when the content's version differs
+            # (keep_cache), and a page a reader holds while it waits would block this call.
+            pyfuse3.invalidate_inode(ino, attr_only=True)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning("invalidate_inode(%d): %s", ino, exc)

@@ -220,8 +220,21 @@ def test_a_wrong_remembered_size_is_eio_never_a_short_copy(engine: Engine, tmp: 
         m = mount_imagefs(engine, tmp)
         try:
             assert os.stat(m / "busybox:latest/export.tar").st_size == wrong
+            held = os.open(m / "busybox:latest/export.tar", os.O_RDONLY)  # starts the export, stays open
             result = sh(f"cat '{m.path}/busybox:latest/export.tar' > {tmp}/copy.tar")
-            assert result.returncode != 0 and "Input/output error" in result.stderr
+            # EIO if cat joined the bad export; a whole copy if that export had already failed.
+            failed = result.returncode != 0 and "Input/output error" in result.stderr
+            assert failed or (tmp / "copy.tar").read_bytes() == expected
+            with pytest.raises(OSError):
+                while os.read(held, 1 << 20):
+                    pass
+            # While a failed export is held open its file stats EIO (a reader's size refresh must not
+            # read as end-of-file) but its directory still lists.
+            with pytest.raises(OSError) as info:
+                os.stat(m / "busybox:latest/export.tar")
+            assert info.value.errno == errno.EIO
+            assert sh(f"ls '{m.path}/busybox:latest'").returncode == 0
+            os.close(held)
             assert (m / "busybox:latest/export.tar").read_bytes() == expected  # the next export is right
         finally:
             unmount(m)
@@ -253,3 +266,27 @@ def test_an_open_export_keeps_its_size_when_the_tags_change(mount: Mount, engine
     finally:
         os.close(fd)
         engine.docker("rmi", "while/open:1")
+
+
+def test_a_file_whose_image_moves_while_open_stays_whole(mount: Mount, engine: Engine) -> None:
+    busybox = engine.save("busybox:latest")
+    engine.docker("tag", "hello:latest", "moving/exp:1")
+    path = mount / "moving/exp:1/export.tar"
+    try:
+        wait_for(path.exists, timeout=1.0)
+        first = os.open(path, os.O_RDONLY)
+        try:
+            assert len(os.pread(first, 1 << 20, 0)) == os.fstat(first).st_size > 0
+            engine.docker("tag", "busybox:latest", "moving/exp:1")
+            wait_for(lambda: "busybox" in (mount / "moving/exp:1/inspect").read_text(), timeout=1.0)
+            # While one reader holds the old export, everyone sees it whole: size and bytes agree.
+            second = path.read_bytes()
+            assert len(second) == os.stat(path).st_size == os.fstat(first).st_size
+            assert second == os.pread(first, len(second) + 1, 0)
+        finally:
+            os.close(first)
+        wait_for(lambda: os.stat(path).st_size != len(second), timeout=2.0)  # release(2) is asynchronous
+        now = path.read_bytes()
+        assert len(now) == os.stat(path).st_size and now != second and len(now) > len(busybox) // 2
+    finally:
+        engine.docker("rmi", "moving/exp:1")
