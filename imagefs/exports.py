@@ -146,7 +146,9 @@ class Exports:
         return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)
 
     async def open(self, export: Export) -> ExportHandle:
-        export = self._current(export)
+        current = self._current(export)
+        if current.error is None:  # a failed one is not joined: a new open exports afresh
+            export = current
         if export.fd < 0:
             self._start(export)
         export.readers += 1
