@@ -118,9 +118,12 @@ class Catalog:
 
     async def snapshot(self) -> Snapshot:
         """The image list, fetched again once it is older than the TTL in force."""
-        if self._fetched_at is None or trio.current_time() - self._fetched_at >= self.ttl:
+        if self._stale():
             await self.refresh(only_if_stale=True)
         return self._snapshot
+
+    def _stale(self) -> bool:
+        return self._fetched_at is None or trio.current_time() - self._fetched_at >= self.ttl
 
     async def refresh(self, only_if_stale: bool = False, settle: bool = False) -> Change:
         """Fetch the list now (one fetch however many callers), drop what changed, tell the listeners.
@@ -129,7 +132,7 @@ class Catalog:
         must show its effect when it returns); a lookup must not wait for that.
         """
         async with self._lock:
-            if only_if_stale and self._fetched_at is not None and trio.current_time() - self._fetched_at < self.ttl:
+            if only_if_stale and not self._stale():  # another caller fetched it while this one waited
                 return Change.between(self._snapshot, self._snapshot)
             started = trio.current_time()
             new = Snapshot.from_list(await self.engine.list_images())

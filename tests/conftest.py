@@ -195,6 +195,16 @@ def mount_imagefs(engine: Engine, base: Path, *args: str) -> Mount:
     return Mount(mnt, cache, log, engine, list(args))
 
 
+@contextlib.contextmanager
+def mounted(engine: Engine, base: Path, *args: str) -> Iterator[Mount]:
+    """imagefs mounted through its CLI for the block, unmounted however the block ends."""
+    m = mount_imagefs(engine, base, *args)
+    try:
+        yield m
+    finally:
+        unmount(m)
+
+
 def unmount(m: Mount) -> None:
     if os.path.ismount(m.path):
         subprocess.run([*IMAGEFS, "umount", str(m.path)], capture_output=True, timeout=60)
@@ -213,11 +223,8 @@ def tmp(request: pytest.FixtureRequest) -> Iterator[Path]:
 @pytest.fixture
 def mount(engine: Engine, tmp: Path, request: pytest.FixtureRequest) -> Iterator[Mount]:
     marker = request.node.get_closest_marker("mount_args")
-    m = mount_imagefs(engine, tmp, *(marker.args if marker else ()))
-    try:
+    with mounted(engine, tmp, *(marker.args if marker else ())) as m:
         yield m
-    finally:
-        unmount(m)
     bugs = [line for line in m.log_text().splitlines() if "unexpected error" in line]
     assert not bugs, "the daemon's guard caught bugs:\n" + "\n".join(bugs)
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Engine, Mount, Proxy, mount_imagefs, unmount, wait_for
+from conftest import Engine, Mount, Proxy, mounted, wait_for
 
 from imagefs import controls
 from imagefs.errors import BadCommand
@@ -136,8 +136,7 @@ def test_moved_tag_shows_the_new_image(mount: Mount, engine: Engine) -> None:
 
 
 def test_read_only_refuses_every_write(engine: Engine, tmp: Path) -> None:
-    m = mount_imagefs(engine, tmp, "--read-only")
-    try:
+    with mounted(engine, tmp, "--read-only") as m:
         result = subprocess.run(["bash", "-c", f"echo x:1 > '{m.path}/hello:latest/tag'"],
                                 capture_output=True, text=True)
         assert "Read-only file system" in result.stderr
@@ -147,13 +146,10 @@ def test_read_only_refuses_every_write(engine: Engine, tmp: Path) -> None:
                 op()
             assert info.value.errno == errno.EROFS
         assert "x:1" not in engine.tags()
-    finally:
-        unmount(m)
 
 
 def test_dry_run_logs_and_changes_nothing(engine: Engine, tmp: Path) -> None:
-    m = mount_imagefs(engine, tmp, "--dry-run")
-    try:
+    with mounted(engine, tmp, "--dry-run") as m:
         before = engine.tags()
         assert write(m / "hello:latest/tag", "dry/run:1") == 0
         assert write(m / "hello:latest/delete", "force") == 0
@@ -163,8 +159,6 @@ def test_dry_run_logs_and_changes_nothing(engine: Engine, tmp: Path) -> None:
         assert "dry-run: would send POST /v1.41/images/hello:latest/tag?repo=dry%2Frun&tag=1" in log
         assert "dry-run: would send DELETE /v1.41/images/hello:latest?force=true&noprune=false" in log
         assert "dry-run: would send POST /v1.41/images/prune" in log
-    finally:
-        unmount(m)
 
 
 def test_fuzzed_writes_change_nothing_and_the_daemon_answers(mount: Mount, engine: Engine) -> None:
@@ -197,8 +191,7 @@ def _valid_anywhere(data: bytes) -> bool:
 def test_without_events_ttls_keep_it_coherent_and_lookups_never_hang(engine: Engine, tmp: Path) -> None:
     proxy = Proxy(engine.sock, tmp / "proxy.sock", refuse_events=True)
     try:
-        m = mount_imagefs(engine, tmp, "-H", f"unix://{tmp}/proxy.sock")
-        try:
+        with mounted(engine, tmp, "-H", f"unix://{tmp}/proxy.sock") as m:
             for _ in range(3):
                 subprocess.run(["ls", "-l", str(m.path)], capture_output=True, timeout=10, check=True)
                 engine.docker("tag", "busybox:latest", "noevents/x:1")
@@ -209,7 +202,5 @@ def test_without_events_ttls_keep_it_coherent_and_lookups_never_hang(engine: Eng
                 engine.docker("rmi", "noevents/x:1")
                 wait_for(lambda: "noevents" not in os.listdir(m.path), timeout=2.5)
             assert "events stream down" not in m.log_text() or "events are off here" in m.log_text()
-        finally:
-            unmount(m)
     finally:
         proxy.close()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Engine, Mount, mount_imagefs, unmount, wait_for
+from conftest import Engine, Mount, mount_imagefs, mounted, unmount, wait_for
 
 REF = "localhost:5000/team/app:2"
 
@@ -37,22 +37,18 @@ COPIERS = {
 @pytest.mark.parametrize("tool", sorted(COPIERS))
 def test_first_export_is_byte_exact_with_every_copier(engine: Engine, tmp: Path, tool: str) -> None:
     expected = engine.save(REF)
-    m = mount_imagefs(engine, tmp)  # a fresh cache: this image was never exported through it
-    try:
+    with mounted(engine, tmp) as m:  # a fresh cache: this image was never exported through it
         src = m / REF / "export.tar"
         assert os.stat(src).st_size == 0 and os.stat(src).st_mode & 0o777 == 0o440
         result = sh(COPIERS[tool].format(src=f"'{src}'", dst=tmp / "copy.tar"))
         assert result.returncode == 0, result.stderr
         assert (tmp / "copy.tar").read_bytes() == expected
         assert os.stat(src).st_size == len(expected)
-    finally:
-        unmount(m)
 
 
 def test_tar_of_a_never_exported_image_and_listing_starts_nothing(engine: Engine, tmp: Path) -> None:
     expected = engine.save("myorg/app:1.0")
-    m = mount_imagefs(engine, tmp)
-    try:
+    with mounted(engine, tmp) as m:
         since = time.time()
         sh(f"ls -l '{m.path}/myorg/app:1.0' '{m.path}' && stat '{m.path}/myorg/app:1.0/export.tar'")
         time.sleep(0.2)
@@ -62,8 +58,6 @@ def test_tar_of_a_never_exported_image_and_listing_starts_nothing(engine: Engine
         with tarfile.open(tmp / "b.tar") as tar:
             member = tar.extractfile("myorg/app:1.0/export.tar")
             assert member is not None and member.read() == expected
-    finally:
-        unmount(m)
 
 
 def test_backup_restores_into_an_empty_engine(mount: Mount, engine: Engine, second_engine: Engine, tmp: Path) -> None:
@@ -91,8 +85,7 @@ def test_all_tar_restores_every_tag(mount: Mount, engine: Engine, second_engine:
 
 def test_sixteen_readers_share_one_export(engine: Engine, tmp: Path) -> None:
     expected = engine.save("busybox:latest")
-    m = mount_imagefs(engine, tmp)
-    try:
+    with mounted(engine, tmp) as m:
         since = time.time()
         results: list[bytes] = []
 
@@ -107,30 +100,22 @@ def test_sixteen_readers_share_one_export(engine: Engine, tmp: Path) -> None:
         assert len(results) == 16 and all(r == expected for r in results)
         time.sleep(0.3)
         assert len(engine.events(since, "save")) == 1
-    finally:
-        unmount(m)
 
 
 def test_random_access_and_remembered_size(engine: Engine, tmp: Path) -> None:
     expected = engine.save("busybox:latest")
-    m = mount_imagefs(engine, tmp)
-    try:
+    with mounted(engine, tmp) as m:
         path = m / "busybox:latest/export.tar"
         with open(path, "rb") as f:
             f.seek(len(expected) // 2)
             assert f.read(4096) == expected[len(expected) // 2 : len(expected) // 2 + 4096]
         listing = sh(f"tar -tvf '{path}'")
         assert listing.returncode == 0 and "manifest.json" in listing.stdout
-    finally:
-        unmount(m)
-    again = mount_imagefs(engine, tmp)  # same cache dir: the size is known before any export
-    try:
+    with mounted(engine, tmp) as again:  # same cache dir: the size is known before any export
         since = time.time()
         assert os.stat(again / "busybox:latest/export.tar").st_size == len(expected)
         assert engine.events(since, "save") == []
         assert (again / "busybox:latest/export.tar").read_bytes() == expected
-    finally:
-        unmount(again)
 
 
 @pytest.fixture(scope="module")
@@ -175,50 +160,37 @@ def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, t
 
 def test_spool_is_bounded_and_evicted_when_nobody_reads(engine: Engine, tmp: Path) -> None:
     expected = engine.save("busybox:latest")  # about 2 MB: over a 1 MiB bound once complete
-    m = mount_imagefs(engine, tmp, "--cache-size", "1M")
-    try:
+    with mounted(engine, tmp, "--cache-size", "1M") as m:
         with open(m / "busybox:latest/export.tar", "rb") as f:
             assert f.read() == expected
             assert sum(p.stat().st_size for p in m.cache_dir.glob("spool-*/*")) == len(expected)  # held while open
         wait_for(lambda: list(m.cache_dir.glob("spool-*/*")) == [], timeout=2)  # release(2) is asynchronous
         assert (m / "busybox:latest/export.tar").read_bytes() == expected  # exported afresh, same size
-    finally:
-        unmount(m)
 
 
 def test_listing_during_an_export_never_truncates_a_reader(engine: Engine, tmp: Path, blob: str) -> None:
-    m = mount_imagefs(engine, tmp)
-    try:
+    with mounted(engine, tmp) as m:
         expected = (m / blob / "export.tar").read_bytes()  # now its size is remembered
-    finally:
-        unmount(m)
     for _ in range(2):
-        m = mount_imagefs(engine, tmp)  # same cache: a re-export whose size is known
-        try:
+        with mounted(engine, tmp) as m:  # same cache: a re-export whose size is known
             reader = subprocess.Popen(["bash", "-c", f"cat '{m.path}/{blob}/export.tar' > {tmp}/copy.tar"])
             deadline = time.monotonic() + 1.0
             while reader.poll() is None and time.monotonic() < deadline:
                 sh(f"ls -l '{m.path}/big/blob:1' '{m.path}/big'")
             assert reader.wait(60) == 0
             assert (tmp / "copy.tar").read_bytes() == expected
-        finally:
-            unmount(m)
 
 
 def test_a_wrong_remembered_size_is_eio_never_a_short_copy(engine: Engine, tmp: Path) -> None:
-    m = mount_imagefs(engine, tmp)
-    try:
+    with mounted(engine, tmp) as m:
         expected = (m / "busybox:latest/export.tar").read_bytes()
-    finally:
-        unmount(m)
     sizes_file = m.cache_dir / "sizes.json"
     sizes = json.loads(sizes_file.read_text())
     key = next(k for k in sizes if k.endswith(" busybox:latest"))
     for wrong in (len(expected) - 4096, len(expected) + 4096):
         sizes[key] = wrong
         sizes_file.write_text(json.dumps(sizes))
-        m = mount_imagefs(engine, tmp)
-        try:
+        with mounted(engine, tmp) as m:
             assert os.stat(m / "busybox:latest/export.tar").st_size == wrong
             held = os.open(m / "busybox:latest/export.tar", os.O_RDONLY)  # starts the export, stays open
             result = sh(f"cat '{m.path}/busybox:latest/export.tar' > {tmp}/copy.tar")
@@ -236,19 +208,14 @@ def test_a_wrong_remembered_size_is_eio_never_a_short_copy(engine: Engine, tmp: 
             assert sh(f"ls '{m.path}/busybox:latest'").returncode == 0
             os.close(held)
             assert (m / "busybox:latest/export.tar").read_bytes() == expected  # the next export is right
-        finally:
-            unmount(m)
 
 
 def test_cache_dir_on_tmpfs(engine: Engine, tmp: Path) -> None:
     (tmp / "tmpfs").mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(tmp / "tmpfs")], check=True)
     try:
-        m = mount_imagefs(engine, tmp, "--cache-dir", str(tmp / "tmpfs/cache"))
-        try:
+        with mounted(engine, tmp, "--cache-dir", str(tmp / "tmpfs/cache")) as m:
             assert (m / "busybox:latest/export.tar").read_bytes() == engine.save("busybox:latest")
-        finally:
-            unmount(m)
     finally:
         subprocess.run(["umount", str(tmp / "tmpfs")], check=True)
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IMAGEFS, Engine, Mount, Proxy, mount_imagefs, pretty, unmount, wait_for
+from conftest import IMAGEFS, Engine, Mount, Proxy, mount_imagefs, mounted, pretty, unmount, wait_for
 
 
 def run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -65,16 +65,12 @@ def test_metadata_times_inodes_and_owner(mount: Mount, engine: Engine, tmp: Path
     ino = os.stat(mount / "myorg/app:1.0/inspect").st_ino
     assert os.stat(mount / "myorg/app:1.0/inspect").st_ino == ino
     unmount(mount)
-    again = mount_imagefs(engine, tmp)
-    try:
+    with mounted(engine, tmp) as again:
         assert os.stat(again / "myorg/app:1.0/inspect").st_ino == ino  # stable across remounts
-    finally:
-        unmount(again)
 
 
 def test_names_that_cannot_be_references_ask_nothing(engine: Engine, tmp: Path) -> None:
-    m = mount_imagefs(engine, tmp, "--debug")
-    try:
+    with mounted(engine, tmp, "--debug") as m:
         os.listdir(m.path)
         before = m.log_text().count("engine request")
         for bad in ("Bad Name!", "UPPER:1", "a//b", "x:1:2", ".hidden", "<none>:<none>", "a@b", "myorg/x:1:y"):
@@ -85,8 +81,6 @@ def test_names_that_cannot_be_references_ask_nothing(engine: Engine, tmp: Path) 
             os.stat(m.path / "nosuch:tag")  # well-formed: answered from the image list
         with pytest.raises(FileNotFoundError):
             os.stat(m.path / ".imagefs/ids" / ("0" * 64))
-    finally:
-        unmount(m)
 
 
 def test_digest_and_id_paths_resolve_without_listing(mount: Mount, engine: Engine) -> None:
@@ -176,15 +170,12 @@ def test_mount_without_engine_fails_with_one_line(tmp: Path) -> None:
 
 
 def test_umount_clears_a_mount_whose_daemon_was_killed(engine: Engine, tmp: Path) -> None:
-    m = mount_imagefs(engine, tmp)
-    try:
+    with mounted(engine, tmp) as m:
         os.kill(m.daemon_pid(), signal.SIGKILL)
         wait_for(lambda: _dead(m.path), timeout=5)
         result = run(*IMAGEFS, "umount", str(m.path))
         assert result.returncode == 0, result.stderr
         assert not os.path.ismount(m.path)
-    finally:
-        unmount(m)
 
 
 def _dead(path: Path) -> bool:
@@ -196,14 +187,11 @@ def _dead(path: Path) -> bool:
 
 
 def test_sigterm_unmounts_cleanly(engine: Engine, tmp: Path) -> None:
-    m = mount_imagefs(engine, tmp)
-    try:
+    with mounted(engine, tmp) as m:
         pid = m.daemon_pid()
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not os.path.ismount(m.path) and not Path(f"/proc/{pid}").exists(), timeout=10)
         assert not list(m.cache_dir.glob("spool-*"))
-    finally:
-        unmount(m)
 
 
 @pytest.mark.parametrize("how", ["-H", "seed"])
@@ -227,11 +215,8 @@ def test_an_engine_over_tcp(engine: Engine, tmp: Path, how: str) -> None:
 def test_config_file_and_flags(engine: Engine, tmp: Path) -> None:
     config = tmp / "config.toml"
     config.write_text('read-only = true\nbase-path = "/v1.40"\n')
-    m = mount_imagefs(engine, tmp, "--config", str(config))
-    try:
+    with mounted(engine, tmp, "--config", str(config)) as m:
         assert json.loads((m / ".imagefs/version").read_text())["ImagefsApiPath"] == "/v1.40"
         with pytest.raises(OSError) as info:
             (m / "hello:latest/tag").write_text("x:1\n")
         assert info.value.errno == errno.EROFS
-    finally:
-        unmount(m)
