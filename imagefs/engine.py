@@ -21,11 +21,13 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from . import bulkget
 from .errors import EngineTimeout, EngineUnreachable, engine_error
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+MAX_ERROR_BODY = 64 * 1024
 PREFERRED_API = "1.41"  # the version the seed (dockerctl) was generated for
 # The events stream may be silent for hours: without keepalive a peer that vanished (a half-open
 # TCP connection) would leave imagefs trusting its snapshot until --live-ttl instead of ~25 s.
@@ -85,25 +87,51 @@ class EngineConfig:
             tls_verify=verify, tls_ca=tlscacert, tls_cert=tlscert, tls_key=tlskey, **rest,
         )
 
-    def transport_and_url(self) -> tuple[httpx.AsyncHTTPTransport, str]:
-        """An httpx transport and the base URL the requests are relative to."""
+    def endpoint(self) -> Endpoint:
+        """Where to connect and with what TLS, parsed once for both HTTP clients."""
         parts = urlsplit(self.host)
         if parts.scheme == "unix":
-            return httpx.AsyncHTTPTransport(uds=parts.path), "http://docker"
-        if parts.scheme not in ("tcp", "http", "https"):
+            return Endpoint(parts.path, "docker", 80, None, "")
+        if parts.scheme not in ("tcp", "http", "https") or not parts.hostname:
             raise ValueError(f"unsupported engine address {self.host!r} (use unix://, tcp://, http:// or https://)")
-        tls = parts.scheme == "https" or (parts.scheme == "tcp" and (self.tls_verify or self.tls_cert))
-        url = f"{'https' if tls else 'http'}://{parts.netloc}{parts.path.rstrip('/')}"
-        if not tls:
-            return httpx.AsyncHTTPTransport(socket_options=TCP_KEEPALIVE), url
-        ctx = ssl.create_default_context(cafile=self.tls_ca if self.tls_verify else None)
-        if not self.tls_verify:
-            # The docker CLI without --tlsverify encrypts but does not check the server.
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if self.tls_cert and os.path.exists(self.tls_cert):
-            ctx.load_cert_chain(self.tls_cert, self.tls_key)
-        return httpx.AsyncHTTPTransport(verify=ctx, socket_options=TCP_KEEPALIVE), url
+        tls = parts.scheme == "https" or (parts.scheme == "tcp" and bool(self.tls_verify or self.tls_cert))
+        # tcp:// without a port means the docker CLI's ports; http(s):// the scheme's.
+        default_port = (2376 if tls else 2375) if parts.scheme == "tcp" else (443 if tls else 80)
+        ctx = None
+        if tls:
+            ctx = ssl.create_default_context(cafile=self.tls_ca if self.tls_verify else None)
+            if not self.tls_verify:
+                # The docker CLI without --tlsverify encrypts but does not check the server.
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if self.tls_cert and os.path.exists(self.tls_cert):
+                ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return Endpoint(None, parts.hostname, parts.port or default_port, ctx, parts.path.rstrip("/"))
+
+    def transport_and_url(self) -> tuple[httpx.AsyncHTTPTransport, str]:
+        """An httpx transport and the base URL the requests are relative to."""
+        where = self.endpoint()
+        if where.uds is not None:
+            return httpx.AsyncHTTPTransport(uds=where.uds), "http://docker"
+        if where.tls is None:
+            return httpx.AsyncHTTPTransport(socket_options=TCP_KEEPALIVE), where.base_url
+        return httpx.AsyncHTTPTransport(verify=where.tls, socket_options=TCP_KEEPALIVE), where.base_url
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A unix socket path, or a host and port (with a TLS context or not); and the URL prefix of the API."""
+
+    uds: str | None
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    prefix: str
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{self.prefix}"
 
 
 def quote_name(name: str) -> str:
@@ -205,6 +233,18 @@ class Engine:
                     if resp.status_code >= 400:
                         raise engine_error(resp.status_code, _error_message(await resp.aread()), request)
                     yield resp
+
+    @contextlib.asynccontextmanager
+    async def bulk_get(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[bulkget.Body]:
+        """A GET whose long body the caller reads into its own buffers (an export: see bulkget)."""
+        request = f"GET {self._url(path)}" + (f"?{httpx.QueryParams(params)}" if params else "")
+        if self.config.debug:
+            log.debug("engine request %s (bulk)", request)
+        async with bulkget.get(self.config.endpoint(), self._url(path), params, self.config.timeout,
+                               self.config.stream_timeout, TCP_KEEPALIVE) as body:
+            if body.status >= 400:
+                raise engine_error(body.status, _error_message(await body.read_all(MAX_ERROR_BODY)), request)
+            yield body
 
     # --- the image operations of the seed -------------------------------------------------
 

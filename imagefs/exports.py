@@ -16,7 +16,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
+import queue
 import stat as st
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +31,9 @@ from .nodes import Handle, Stat
 
 log = logging.getLogger(__name__)
 
-FLUSH_BYTES = 1 << 20  # engine chunks are gathered to this before one writev to the spool
-FLUSH_CHUNKS = 512  # and at most this many chunks, well under writev's IOV_MAX
+BUFFER_BYTES = 1 << 20  # the engine's stream is received into buffers of this size, each one write to the spool
 MAX_SIZES = 10_000  # remembered export sizes
-SPOOL_QUEUE = 4  # gathered buffers waiting for the disk: the daemon's memory per running export
+SPOOL_BUFFERS = 6  # per running export: the daemon's memory for it, and how far the socket may run ahead of the disk
 TAR_TRAILER = bytes(1024)  # two zero blocks end every tar stream the engine writes
 
 
@@ -55,9 +56,17 @@ class Export:
     progress: trio.Event = field(default_factory=trio.Event)
 
     def advance(self, n: int) -> None:
+        """`n` more bytes are in the spool: wake the readers waiting for them."""
         self.written += n
         self.progress.set()
         self.progress = trio.Event()
+
+    def end(self, error: ImagefsError | None = None) -> None:
+        """No more bytes: complete (verified) unless `error`; every waiting reader wakes."""
+        self.complete = error is None
+        self.error = error
+        self.done.set()
+        self.advance(0)
 
 
 class Exports:
@@ -182,9 +191,7 @@ class Exports:
             self._fail(export, EngineUnreachable(f"export {export.key} cancelled: the mount is closing"))
             raise
         else:
-            export.complete = True
-            export.done.set()
-            export.advance(0)
+            export.end()
             log.info("export %s: complete, %d bytes", export.key, export.written)
             self._remember(export.key, export.written)
             try:
@@ -194,13 +201,21 @@ class Exports:
             self._evict()
 
     async def _spool(self, export: Export) -> None:
-        """Stream the export into the spool; the network side and the disk side overlap."""
-        send, receive = trio.open_memory_channel[list[bytes]](SPOOL_QUEUE)
+        """Stream the export into the spool: a thread fills buffers from the socket while another writes."""
+        # Unbounded, but never holds more than the buffers there are: those are the backpressure.
+        full, filled = trio.open_memory_channel[tuple[bytearray, memoryview]](math.inf)
+        buffers: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+        for _ in range(SPOOL_BUFFERS):
+            buffers.put(bytearray(BUFFER_BYTES))
+
+        def deliver(buffer: bytearray, payload: memoryview) -> None:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):  # ended meanwhile
+                full.send_nowait((buffer, payload))
+
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._spool_writer, export, receive)
-                async with send:
-                    await self._receive(export, send)
+            async with self.engine.bulk_get(export.url_path, export.params) as body, trio.open_nursery() as nursery:
+                nursery.start_soon(self._spool_writer, export, filled, buffers)
+                await body.pump(buffers, deliver)
         except BaseExceptionGroup as group:
             # One failure is the story; the other task was only cancelled because of it.
             failure, _ = group.split(Exception)
@@ -209,35 +224,23 @@ class Exports:
             if failure is None:
                 raise
             raise failure from None
-
-    async def _receive(self, export: Export, send: trio.MemorySendChannel[list[bytes]]) -> None:
-        async with self.engine.stream(export.url_path, export.params,
-                                      read_timeout=self.engine.config.stream_timeout) as resp:
-            batch: list[bytes] = []
-            gathered = 0
-            async for chunk in resp.aiter_raw():
-                batch.append(chunk)
-                gathered += len(chunk)
-                if gathered >= FLUSH_BYTES or len(batch) >= FLUSH_CHUNKS:
-                    await send.send(batch)
-                    batch, gathered = [], 0
-            if batch:
-                await send.send(batch)
+        finally:
+            full.close()
 
     @staticmethod
-    async def _spool_writer(export: Export, receive: trio.MemoryReceiveChannel[list[bytes]]) -> None:
-        def write(batch: list[bytes]) -> int:
-            total = sum(map(len, batch))
-            done = os.writev(export.fd, batch)
-            if done < total:  # a short write (rare on a regular file): finish it plainly
-                rest = memoryview(b"".join(batch))[done:]
-                while rest:
-                    rest = rest[os.write(export.fd, rest) :]
-            return total
+    async def _spool_writer(export: Export, filled: trio.MemoryReceiveChannel[tuple[bytearray, memoryview]],
+                            buffers: queue.SimpleQueue[bytearray | None]) -> None:
+        def write(payload: memoryview) -> None:
+            rest = payload
+            while rest:  # a short write is rare on a regular file, but not an error
+                rest = rest[os.write(export.fd, rest) :]
 
-        async with receive:
-            async for batch in receive:
-                export.advance(await trio.to_thread.run_sync(write, batch))
+        async for buffer, payload in filled:
+            if not payload:
+                return
+            await trio.to_thread.run_sync(write, payload)
+            export.advance(payload.nbytes)
+            buffers.put(buffer)
 
     async def _verify(self, export: Export) -> None:
         tail = await trio.to_thread.run_sync(os.pread, export.fd, len(TAR_TRAILER), max(0, export.written - 1024))
@@ -253,9 +256,7 @@ class Exports:
 
     def _fail(self, export: Export, exc: ImagefsError) -> None:
         log.error("export %s failed: %s", export.key, exc)
-        export.error = exc
-        export.done.set()
-        export.advance(0)
+        export.end(exc)
         self._drop(export)
 
     def _drop(self, export: Export) -> None:

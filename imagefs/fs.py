@@ -116,7 +116,11 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._versions: dict[int, object] = {}  # inode -> content version the kernel may have cached
         self.unexpected = 0  # handler bugs caught by _guard; the tests expect none
+        self.initialized = trio.Event()  # the kernel's INIT has been answered
         self._changes, self._pending = trio.open_memory_channel[tuple[Change | None, trio.Event]](math.inf)
+
+    def init(self) -> None:
+        self.initialized.set()
 
     # --- attributes -----------------------------------------------------------------------
 

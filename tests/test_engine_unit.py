@@ -29,6 +29,8 @@ def test_address_precedence() -> None:
 def test_transport_urls() -> None:
     assert EngineConfig(host="unix:///run/d.sock").transport_and_url()[1] == "http://docker"
     assert EngineConfig(host="tcp://h:2375").transport_and_url()[1] == "http://h:2375"
+    assert EngineConfig(host="tcp://h").transport_and_url()[1] == "http://h:2375"
+    assert EngineConfig(host="https://h/").transport_and_url()[1] == "https://h:443"
     assert EngineConfig(host="http://h:80/prefix/").transport_and_url()[1] == "http://h:80/prefix"
     with pytest.raises(ValueError, match="unsupported engine address"):
         EngineConfig(host="ssh://h").transport_and_url()

@@ -1,0 +1,219 @@
+"""The export streams' HTTP reader: chunk framing, sized and closed bodies, broken streams.
+
+The bytes come through a real socket pair from a thread that sends them in
+arbitrary fragments; the engine's own streams are tested in test_exports.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import random
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as stg
+
+from imagefs.bulkget import MAX_HEAD, MIN_RECV, Body, ProtocolError
+from imagefs.engine import Engine, EngineConfig
+from imagefs.errors import EngineTimeout, EngineUnreachable, NoSuchImage
+
+SMALLEST = MIN_RECV + MAX_HEAD
+
+
+@contextmanager
+def peer(fragments: list[bytes], close: bool = True) -> Iterator[socket.socket]:
+    """Our end of a socket pair whose other end sends `fragments`, then closes (or stays open)."""
+    ours, theirs = socket.socketpair()
+    stay = threading.Event()
+
+    def send() -> None:
+        for fragment in fragments:
+            theirs.sendall(fragment)
+        if not close:
+            stay.wait(10)
+        theirs.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        yield ours
+    finally:
+        stay.set()
+        ours.close()
+        sender.join()
+
+
+def read_body(sock: socket.socket, headers: dict[str, str], rest: bytes = b"", size: int = SMALLEST) -> bytes:
+    body = Body(sock, "GET /test", 200, headers, rest)
+    buffer = bytearray(size)
+    out = bytearray()
+    while payload := body._read_into(buffer):
+        out += payload
+    return bytes(out)
+
+
+def chunked(payload: bytes, sizes: list[int], extension: bytes = b"", trailer: bytes = b"") -> bytes:
+    wire, pos, i = bytearray(), 0, 0
+    while pos < len(payload):
+        n = max(1, sizes[i % len(sizes)]) if sizes else len(payload)
+        piece = payload[pos : pos + n]
+        wire += b"%x%s\r\n%s\r\n" % (len(piece), extension, piece)
+        pos, i = pos + n, i + 1
+    return bytes(wire + b"0\r\n" + trailer + b"\r\n")
+
+
+def split(wire: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
+    return [wire[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+# Sizes up to several buffers, with bytes that show any misplaced piece.
+payloads = stg.builds(lambda n, seed: random.Random(seed).randbytes(n), stg.integers(0, 300_000), stg.integers())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    payload=payloads,
+    sizes=stg.lists(stg.integers(1, 70_000), min_size=1, max_size=8),
+    cuts=stg.lists(stg.integers(0, 400_000), max_size=30),
+    extension=stg.sampled_from([b"", b";name=value", b" ; x"]),
+    trailer=stg.sampled_from([b"", b"X-Trailer: 1\r\n"]),
+    extra=stg.integers(0, 3 * MIN_RECV),
+    head=stg.integers(0, MAX_HEAD),
+)
+def test_chunked_bodies_arrive_whole(payload: bytes, sizes: list[int], cuts: list[int], extension: bytes,
+                                     trailer: bytes, extra: int, head: int) -> None:
+    wire = chunked(payload, sizes, extension, trailer)
+    rest, wire = wire[:head], wire[head:]  # what arrived with the headers
+    # The connection stays open after the body: its end is the terminal chunk, not EOF.
+    with peer(split(wire, cuts), close=False) as sock:
+        assert read_body(sock, {"transfer-encoding": "chunked"}, rest, SMALLEST + extra) == payload
+
+
+@settings(max_examples=50, deadline=None)
+@given(payload=payloads, cuts=stg.lists(stg.integers(0, 300_000), max_size=10))
+def test_sized_and_closed_bodies(payload: bytes, cuts: list[int]) -> None:
+    with peer(split(payload, cuts), close=False) as sock:
+        assert read_body(sock, {"content-length": str(len(payload))}) == payload
+    with peer(split(payload, cuts)) as sock:
+        assert read_body(sock, {}) == payload
+
+
+@pytest.mark.parametrize(
+    ("wire", "error"),
+    [
+        (b"10\r\n0123456789abcdef\r\n", EngineUnreachable),  # closed before the terminal chunk
+        (b"10\r\n01234567", EngineUnreachable),  # closed inside a chunk
+        (b"zz\r\nxx\r\n0\r\n\r\n", ProtocolError),
+        (b"-1\r\nx\r\n0\r\n\r\n", ProtocolError),
+        (b"2\r\nabc\r\n0\r\n\r\n", ProtocolError),  # more data than the chunk size said
+        (b"1" * 2000 + b"\r\n", ProtocolError),  # a size line that never ends
+    ],
+)
+def test_broken_chunked_streams_fail(wire: bytes, error: type[Exception]) -> None:
+    with peer([wire]) as sock, pytest.raises(error):
+        read_body(sock, {"transfer-encoding": "chunked"})
+
+
+def test_a_short_sized_body_fails() -> None:
+    with peer([b"abc"]) as sock, pytest.raises(EngineUnreachable, match="3 bytes into the body"):
+        read_body(sock, {"content-length": "10"})
+
+
+def test_unknown_transfer_encodings_are_refused() -> None:
+    with peer([]) as sock, pytest.raises(ProtocolError, match="gzip"):
+        Body(sock, "GET /test", 200, {"transfer-encoding": "gzip"}, b"")
+
+
+def serve_once(path: Path, answer: bytes, then_wait: threading.Event | None = None) -> threading.Thread:
+    """A unix socket that answers one request with `answer` and closes (once `then_wait` is set)."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+
+    def run() -> None:
+        conn, _ = server.accept()
+        with conn, server:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            conn.sendall(answer)
+            if then_wait is not None:
+                then_wait.wait(10)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_an_error_status_carries_the_engines_message(tmp_path: Path) -> None:
+    message = json.dumps({"message": "No such image: nope:1"}).encode()
+    answer = b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(message), message)
+    thread = serve_once(tmp_path / "d.sock", answer)
+    engine = Engine(EngineConfig(host=f"unix://{tmp_path / 'd.sock'}"), api_path="/v1.41")
+
+    async def export() -> None:
+        async with engine.bulk_get("/images/nope:1/get", []):
+            pass
+
+    with pytest.raises(NoSuchImage, match="No such image: nope:1"):
+        trio.run(export)
+    thread.join()
+
+
+def test_pump_hands_over_every_buffer_in_order(tmp_path: Path) -> None:
+    payload = os.urandom(3 * SMALLEST + 12345)
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(payload, [32768])
+    thread = serve_once(tmp_path / "d.sock", wire)
+    engine = Engine(EngineConfig(host=f"unix://{tmp_path / 'd.sock'}"), api_path="/v1.41")
+    got = bytearray()
+
+    async def export() -> None:
+        buffers: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+        for _ in range(2):
+            buffers.put(bytearray(SMALLEST))
+        ended = trio.Event()
+
+        def deliver(buffer: bytearray, data: memoryview) -> None:
+            got.extend(data)
+            buffers.put(buffer)
+            if not data:
+                ended.set()
+
+        async with engine.bulk_get("/images/x/get", []) as body:
+            await body.pump(buffers, deliver)
+        assert ended.is_set()
+
+    trio.run(export)
+    thread.join()
+    assert bytes(got) == payload
+
+
+def test_a_silent_engine_times_out(tmp_path: Path) -> None:
+    release = threading.Event()
+    thread = serve_once(tmp_path / "d.sock", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+                        release)
+    engine = Engine(EngineConfig(host=f"unix://{tmp_path / 'd.sock'}", stream_timeout=0.3), api_path="/v1.41")
+    buffers: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+    buffers.put(bytearray(SMALLEST))
+
+    async def export() -> None:
+        async with engine.bulk_get("/images/x/get", []) as body:
+            await body.pump(buffers, lambda buffer, data: None)
+
+    try:
+        with pytest.raises(EngineTimeout):
+            trio.run(export)
+    finally:
+        release.set()
+        thread.join()
