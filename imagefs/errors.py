@@ -60,6 +60,13 @@ class EngineFailed(EngineError):
     pass
 
 
+class BrokenAnswer(EngineFailed):
+    """The engine's answer broke HTTP (bad framing, headers): EIO like any failure of the engine."""
+
+    def __init__(self, message: str, request: str = "") -> None:
+        super().__init__(502, message, request)
+
+
 class EngineUnreachable(ImagefsError):
     """The engine could not be reached, or the connection broke: EIO, never ENOENT."""
 
@@ -98,6 +105,7 @@ ERRNO: dict[type[ImagefsError], int] = {
     Conflict: errno.EBUSY,
     NotSupported: errno.ENOTSUP,
     EngineFailed: errno.EIO,
+    BrokenAnswer: errno.EIO,
     EngineError: errno.EIO,
     EngineUnreachable: errno.EIO,
     EngineTimeout: errno.ETIMEDOUT,

@@ -732,6 +732,7 @@ def bench_export(bench: Bench, report: Report) -> None:
         with engine_saves(bench) as saves:
             first.values.append(timed(["cat", str(export)]))
         first_saves.extend(saves)
+        log(f"{step}: raw ImageGet {raw.values[-1]:.2f} s, first export through the mount {first.values[-1]:.2f} s")
         if export.stat().st_size != size:
             raise RuntimeError(f"export.tar is {export.stat().st_size} bytes, ImageGet sent {size}")
         assert bench.cache_dir is not None

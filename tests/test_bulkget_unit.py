@@ -22,9 +22,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as stg
 
-from imagefs.bulkget import MAX_HEAD, MIN_RECV, Body, ProtocolError
+from imagefs.bulkget import MAX_HEAD, MIN_RECV, Body
 from imagefs.engine import Engine, EngineConfig
-from imagefs.errors import EngineTimeout, EngineUnreachable, NoSuchImage
+from imagefs.errors import BrokenAnswer, EngineTimeout, EngineUnreachable, NoSuchImage
 
 SMALLEST = MIN_RECV + MAX_HEAD
 
@@ -113,10 +113,10 @@ def test_sized_and_closed_bodies(payload: bytes, cuts: list[int]) -> None:
     [
         (b"10\r\n0123456789abcdef\r\n", EngineUnreachable),  # closed before the terminal chunk
         (b"10\r\n01234567", EngineUnreachable),  # closed inside a chunk
-        (b"zz\r\nxx\r\n0\r\n\r\n", ProtocolError),
-        (b"-1\r\nx\r\n0\r\n\r\n", ProtocolError),
-        (b"2\r\nabc\r\n0\r\n\r\n", ProtocolError),  # more data than the chunk size said
-        (b"1" * 2000 + b"\r\n", ProtocolError),  # a size line that never ends
+        (b"zz\r\nxx\r\n0\r\n\r\n", BrokenAnswer),
+        (b"-1\r\nx\r\n0\r\n\r\n", BrokenAnswer),
+        (b"2\r\nabc\r\n0\r\n\r\n", BrokenAnswer),  # more data than the chunk size said
+        (b"1" * 2000 + b"\r\n", BrokenAnswer),  # a size line that never ends
     ],
 )
 def test_broken_chunked_streams_fail(wire: bytes, error: type[Exception]) -> None:
@@ -130,7 +130,7 @@ def test_a_short_sized_body_fails() -> None:
 
 
 def test_unknown_transfer_encodings_are_refused() -> None:
-    with peer([]) as sock, pytest.raises(ProtocolError, match="gzip"):
+    with peer([]) as sock, pytest.raises(BrokenAnswer, match="gzip"):
         Body(sock, "GET /test", 200, {"transfer-encoding": "gzip"}, b"")
 
 
