@@ -103,7 +103,7 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         nursery.start_soon(ops.invalidator)
         nursery.start_soon(_raise_readahead, ops.initialized, options.mountpoint)
         nursery.start_soon(EventFollower(catalog, ops.invalidate_soon).run)
-        nursery.start_soon(_stop_on_signals)
+        nursery.start_soon(_stop_on_signals, exports.abort)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         log.info("mounted %s (engine %s, API %s)", options.mountpoint, options.engine.host, engine.api_path)
         ready()
@@ -128,8 +128,9 @@ async def _raise_readahead(initialized: trio.Event, mountpoint: Path, kib: int =
         log.debug("read_ahead_kb not raised: %s", exc)
 
 
-async def _stop_on_signals() -> None:
+async def _stop_on_signals(abort: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
+            abort()  # a reader waiting for an export would keep pyfuse3's loop from ending
             pyfuse3.terminate()

@@ -54,6 +54,7 @@ class Export:
     last_used: float = 0.0
     done: trio.Event = field(default_factory=trio.Event)
     progress: trio.Event = field(default_factory=trio.Event)
+    stopper: trio.CancelScope = field(default_factory=trio.CancelScope)  # `abort` ends the export with it
 
     def advance(self, n: int) -> None:
         """`n` more bytes are in the spool: wake the readers waiting for them."""
@@ -94,6 +95,11 @@ class Exports:
                     f.unlink(missing_ok=True)
                 old.rmdir()
         self._sizes = _load_sizes(self.sizes_file)
+
+    def abort(self) -> None:
+        """End every running export with EIO now: its readers must not hold up an unmount."""
+        for export in self._active.values():
+            export.stopper.cancel()
 
     def close(self) -> None:
         for export in list(self._active.values()):
@@ -178,8 +184,9 @@ class Exports:
     async def _run(self, export: Export) -> None:
         log.info("export %s: started", export.key)
         try:
-            await self._spool(export)
-            await self._verify(export)
+            with export.stopper:
+                await self._spool(export)
+                await self._verify(export)
         except ImagefsError as exc:
             self._fail(export, exc)
         except OSError as exc:
@@ -191,6 +198,9 @@ class Exports:
             self._fail(export, EngineUnreachable(f"export {export.key} cancelled: the mount is closing"))
             raise
         else:
+            if export.stopper.cancelled_caught:
+                self._fail(export, EngineUnreachable(f"export {export.key} aborted: the mount is closing"))
+                return
             export.end()
             log.info("export %s: complete, %d bytes", export.key, export.written)
             self._remember(export.key, export.written)

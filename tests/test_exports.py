@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -164,6 +166,36 @@ def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, t
         if not os.path.exists(engine.sock):
             engine.start()
         unmount(m)
+
+
+def test_sigterm_during_an_export_unmounts_at_once(engine: Engine, tmp: Path, blob: str) -> None:
+    dockerd = int((engine.root / "docker.pid").read_text())
+    with mounted(engine, tmp) as m:
+        pid = m.daemon_pid()
+        fd = os.open(m / "big/blob:1/export.tar", os.O_RDONLY)  # starts the export
+        os.kill(dockerd, signal.SIGSTOP)  # which now waits for the engine for as long as it is stopped
+        try:
+            failures: list[int] = []
+
+            def size() -> None:
+                try:
+                    os.fstat(fd)  # waits for the export's exact size
+                except OSError as exc:
+                    failures.append(exc.errno or 0)
+
+            waiter = threading.Thread(target=size)
+            waiter.start()
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGTERM)
+            # Not held up by the reader waiting for an export that cannot end: it fails instead.
+            wait_for(lambda: not os.path.ismount(m.path), timeout=3)
+            waiter.join(3)
+            assert failures and failures[0] in (errno.EIO, errno.ENOTCONN, errno.ECONNABORTED), failures
+            assert "aborted: the mount is closing" in m.log_text()
+        finally:
+            os.kill(dockerd, signal.SIGCONT)
+            with contextlib.suppress(OSError):  # ENOTCONN once the mount is gone
+                os.close(fd)
 
 
 def test_spool_is_bounded_and_evicted_when_nobody_reads(engine: Engine, tmp: Path) -> None:
