@@ -21,6 +21,7 @@ import functools
 import queue
 import re
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
@@ -37,16 +38,19 @@ MAX_HEAD = 64 * 1024  # status line and headers
 MAX_LINE = 1024  # a chunk-size line or a trailer line
 MIN_RECV = 64 * 1024  # a buffer with less room than this goes back to the caller
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
 Deliver = Callable[[bytearray, memoryview], None]
 
 
 class Body:
     """The body of one response, read by `pump` (a long one) or `read_all` (a short one)."""
 
-    def __init__(self, sock: socket.socket, request: str, status: int, headers: dict[str, str], rest: bytes) -> None:
+    def __init__(self, conn: _Connection, limiter: trio.CapacityLimiter, request: str, status: int,
+                 headers: dict[str, str], rest: bytes) -> None:
         self.status = status
         self.headers = headers
-        self._sock = sock
+        self._conn = conn
+        self._limiter = limiter
         self._request = request
         self._carry = rest  # received bytes not yet looked at: the start of the body, then a partial frame line
         self.done = False
@@ -58,7 +62,9 @@ class Body:
         if encoding:
             self._left: int | None = 0  # in the current chunk
             self._state = "size"
-        elif length is not None and length.strip().isdigit():
+        elif length is not None:
+            if not _DIGITS.fullmatch(length.strip()):
+                raise BrokenAnswer(f"bad Content-Length {length[:40]!r}", request)
             self._left = int(length)
             self._state = "sized"
             self.done = self._left == 0
@@ -77,28 +83,26 @@ class Body:
         token = trio.lowlevel.current_trio_token()
 
         def run() -> None:
-            while (buffer := buffers.get()) is not None:
-                payload = self._read_into(buffer)
-                token.run_sync_soon(deliver, buffer, payload)
-                if not payload:
-                    return
+            with self._conn.use(self._request):
+                while (buffer := buffers.get()) is not None:
+                    payload = self._read_into(buffer)
+                    token.run_sync_soon(deliver, buffer, payload)
+                    if not payload:
+                        return
 
         try:
-            # A limiter of its own: a thread held for a whole export must not take one of the
-            # default limiter's, which the spool writes and every other worker call share.
-            await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1))
+            await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self._limiter)
         finally:
             buffers.put(None)  # a thread left behind stops at its next buffer
 
     async def read_all(self, limit: int) -> bytes:
         """The whole (short) body, e.g. an error message."""
-        return await trio.to_thread.run_sync(self._read_all, limit, abandon_on_cancel=True)
 
-    def close(self) -> None:
-        """Close the connection; a worker thread blocked on it wakes up."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
+        def run() -> bytes:
+            with self._conn.use(self._request):
+                return self._read_all(limit)
+
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self._limiter)
 
     def _read_into(self, buffer: bytearray) -> memoryview:
         """The next payload bytes, gathered at the start of `buffer` (chunk framing squeezed out
@@ -121,7 +125,7 @@ class Body:
                 view[: len(tail)] = tail
                 filled, parsed = len(tail), 0
             with _mapped(self._request):
-                got = self._sock.recv_into(view[filled:])
+                got = self._conn.sock.recv_into(view[filled:])
             if got == 0:
                 if self._state != "close":
                     raise EngineUnreachable(f"{self._request}: the engine closed the connection "
@@ -157,7 +161,7 @@ class Body:
                         self.done = self._state == "sized"
                         self._state = "crlf"
                 continue
-            line_end = bytes(view[pos : min(end, pos + MAX_LINE)]).find(b"\r\n")
+            line_end = bytes(view[pos : min(end, pos + MAX_LINE + 2)]).find(b"\r\n")
             if line_end < 0:
                 if end - pos >= MAX_LINE:
                     raise BrokenAnswer("a chunk framing line longer than 1 KiB", self._request)
@@ -179,46 +183,82 @@ class Body:
         return pos, out
 
 
+class _Connection:
+    """A socket that worker threads use and the event loop closes.
+
+    A thread may still be inside a call on it when the loop gives up on that thread (a
+    cancellation): the loop then only shuts the socket down, which wakes the thread, and the
+    last thread out closes it, so its descriptor's number cannot pass to another socket while
+    a thread might still read from it.
+    """
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    @contextmanager
+    def use(self, request: str) -> Iterator[None]:
+        with self._lock:
+            if self._closing:
+                raise EngineUnreachable(f"{request}: the connection was closed")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                last = self._closing and self._users == 0
+            if last and self.sock is not None:
+                self.sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            idle = self._users == 0
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            if idle:
+                self.sock.close()
+
+
 @asynccontextmanager
 async def get(where: Endpoint, path: str, params: list[tuple[str, str]], connect_timeout: float,
               read_timeout: float | None, socket_options: list[tuple[int, int, int]]) -> AsyncIterator[Body]:
     """One GET on a connection of its own, closed on the way out; the body is for the caller to read."""
     target = where.prefix + path + (f"?{urlencode(params)}" if params else "")
-    start = functools.partial(_start, where, target, connect_timeout, read_timeout, socket_options)
-    body = await trio.to_thread.run_sync(start, abandon_on_cancel=True)
+    conn = _Connection()
+    # The connection's threads have a limiter of their own: waiting for the engine's first byte
+    # (minutes for a big image) or reading a whole export must not take the default limiter's
+    # tokens, which the spool writes and every other worker call share.
+    limiter = trio.CapacityLimiter(1)
+    start = functools.partial(_start, conn, limiter, where, target, connect_timeout, read_timeout, socket_options)
     try:
-        yield body
+        yield await trio.to_thread.run_sync(start, abandon_on_cancel=True, limiter=limiter)
     finally:
-        body.close()
+        conn.close()
 
 
-def _start(where: Endpoint, target: str, connect_timeout: float, read_timeout: float | None,
-           socket_options: list[tuple[int, int, int]]) -> Body:
+def _start(conn: _Connection, limiter: trio.CapacityLimiter, where: Endpoint, target: str, connect_timeout: float,
+           read_timeout: float | None, socket_options: list[tuple[int, int, int]]) -> Body:
     request = f"GET {target}"
-    with _mapped(request):
+    with conn.use(request), _mapped(request):
         if where.uds is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(connect_timeout)
-                sock.connect(where.uds)
-            except BaseException:
-                sock.close()
-                raise
+            conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.sock.settimeout(connect_timeout)
+            conn.sock.connect(where.uds)
         else:
-            sock = socket.create_connection((where.host, where.port), timeout=connect_timeout)
+            conn.sock = socket.create_connection((where.host, where.port), timeout=connect_timeout)
             for level, option, value in socket_options:
-                sock.setsockopt(level, option, value)
-    try:
-        with _mapped(request):
-            if where.tls is not None:
-                sock = where.tls.wrap_socket(sock, server_hostname=where.host)
-            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {where.host}\r\nUser-Agent: imagefs\r\n"
-                         "Accept-Encoding: identity\r\nConnection: close\r\n\r\n".encode())
-            sock.settimeout(read_timeout)
-        return Body(sock, request, *_read_head(sock, request))
-    except BaseException:
-        sock.close()
-        raise
+                conn.sock.setsockopt(level, option, value)
+        if where.tls is not None:
+            conn.sock = where.tls.wrap_socket(conn.sock, server_hostname=where.host)
+        conn.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {where.authority}\r\nUser-Agent: imagefs\r\n"
+                          "Accept-Encoding: identity\r\nConnection: close\r\n\r\n".encode())
+        conn.sock.settimeout(read_timeout)
+        return Body(conn, limiter, request, *_read_head(conn.sock, request))
 
 
 def _read_head(sock: socket.socket, request: str) -> tuple[int, dict[str, str], bytes]:
@@ -235,7 +275,7 @@ def _read_head(sock: socket.socket, request: str) -> tuple[int, dict[str, str], 
         filled += got
     status_line, *lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
     parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not re.fullmatch(r"[2-5][0-9][0-9]", parts[1]):
         raise BrokenAnswer(f"not an HTTP/1 status line: {status_line[:80]!r}", request)
     headers: dict[str, str] = {}
     for line in lines:

@@ -129,9 +129,13 @@ class Endpoint:
     prefix: str
 
     @property
+    def authority(self) -> str:
+        """host:port as a URL and a Host header want it (an IPv6 address in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{self.prefix}"
+        return f"{'https' if self.tls else 'http'}://{self.authority}{self.prefix}"
 
 
 def quote_name(name: str) -> str:

@@ -84,6 +84,7 @@ class Exports:
         self._active: dict[str, Export] = {}
         self._held: dict[str, Export] = {}  # per file, the export its open handles read
         self._nowait = True  # the spool's file system serves RWF_NOWAIT reads
+        self._closing = False  # aborted: the mount is going away
 
     def setup(self) -> None:
         """Make the spool directory and drop the spools of daemons that died (blocking; call at mount)."""
@@ -97,7 +98,8 @@ class Exports:
         self._sizes = _load_sizes(self.sizes_file)
 
     def abort(self) -> None:
-        """End every running export with EIO now: its readers must not hold up an unmount."""
+        """End every running export with EIO now, and start no other: readers must not hold up an unmount."""
+        self._closing = True
         for export in self._active.values():
             export.stopper.cancel()
 
@@ -173,6 +175,8 @@ class Exports:
     # --- the spool ------------------------------------------------------------------------
 
     def _start(self, export: Export) -> None:
+        if self._closing:
+            raise EngineUnreachable(f"export {export.key} not started: the mount is closing")
         self._evict(reserve=self._sizes.get(export.key, 0))
         export.expected = self._sizes.get(export.key)
         export.spool = self.spool_dir / hashlib.sha256(export.key.encode()).hexdigest()

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as stg
 
-from imagefs.bulkget import MAX_HEAD, MIN_RECV, Body
+from imagefs import bulkget
+from imagefs.bulkget import MAX_HEAD, MIN_RECV, Body, _Connection, _read_head
 from imagefs.engine import Engine, EngineConfig
 from imagefs.errors import BrokenAnswer, EngineTimeout, EngineUnreachable, NoSuchImage
 
@@ -52,8 +54,14 @@ def peer(fragments: list[bytes], close: bool = True) -> Iterator[socket.socket]:
         sender.join()
 
 
+def make_body(sock: socket.socket, headers: dict[str, str], rest: bytes = b"") -> Body:
+    conn = _Connection()
+    conn.sock = sock
+    return Body(conn, trio.CapacityLimiter(1), "GET /test", 200, headers, rest)
+
+
 def read_body(sock: socket.socket, headers: dict[str, str], rest: bytes = b"", size: int = SMALLEST) -> bytes:
-    body = Body(sock, "GET /test", 200, headers, rest)
+    body = make_body(sock, headers, rest)
     buffer = bytearray(size)
     out = bytearray()
     while payload := body._read_into(buffer):
@@ -131,7 +139,7 @@ def test_a_short_sized_body_fails() -> None:
 
 def test_unknown_transfer_encodings_are_refused() -> None:
     with peer([]) as sock, pytest.raises(BrokenAnswer, match="gzip"):
-        Body(sock, "GET /test", 200, {"transfer-encoding": "gzip"}, b"")
+        make_body(sock, {"transfer-encoding": "gzip"})
 
 
 def serve_once(path: Path, answer: bytes, then_wait: threading.Event | None = None) -> threading.Thread:
@@ -217,3 +225,95 @@ def test_a_silent_engine_times_out(tmp_path: Path) -> None:
     finally:
         release.set()
         thread.join()
+
+
+def test_a_buffer_of_nothing_but_framing() -> None:
+    # Trailers fill whole buffers without a payload byte: the unfinished line moves to the front.
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"a" * 990) for i in range(300))
+    with peer([b"3\r\nabc\r\n0\r\n" + trailers + b"\r\n"], close=False) as sock:
+        assert read_body(sock, {"transfer-encoding": "chunked"}) == b"abc"
+
+
+@pytest.mark.parametrize("length", ["x", "-1", "5, 5", "²"])
+def test_a_bad_content_length_is_refused(length: str) -> None:
+    with peer([]) as sock, pytest.raises(BrokenAnswer, match="Content-Length"):
+        make_body(sock, {"content-length": length})
+
+
+def test_headers_arrive_in_pieces() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhe"
+    with peer([head[i : i + 7] for i in range(0, len(head), 7)]) as sock:
+        status, headers, rest = _read_head(sock, "GET /x")
+    assert status == 200 and headers["transfer-encoding"] == "chunked" and rest == b"5\r\nhe"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",  # never asked for: not the answer
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n",
+    ],
+)
+def test_bad_heads_are_refused(head: bytes) -> None:
+    with peer([head]) as sock, pytest.raises(BrokenAnswer):
+        _read_head(sock, "GET /x")
+
+
+@pytest.mark.parametrize("waiting_for", ["the engine", "a free buffer"])
+def test_a_cancelled_pump_leaves_no_thread_on_the_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         waiting_for: str) -> None:
+    made: list[_Connection] = []
+
+    class Recorded(_Connection):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(bulkget, "_Connection", Recorded)
+    release = threading.Event()
+    thread = serve_once(tmp_path / "d.sock", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+                        release)
+    engine = Engine(EngineConfig(host=f"unix://{tmp_path / 'd.sock'}"), api_path="/v1.41")
+    buffers: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+    if waiting_for == "the engine":
+        buffers.put(bytearray(SMALLEST))
+
+    async def export() -> None:
+        with trio.move_on_after(0.3):
+            async with engine.bulk_get("/images/x/get", []) as body:
+                await body.pump(buffers, lambda buffer, data: None)
+
+    try:
+        trio.run(export)
+        # The thread was left behind blocked; it must wake, leave, and close the socket as the last user.
+        wait_for(lambda: made[0].sock is not None and made[0].sock.fileno() == -1)
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_the_socket_closes_only_when_its_last_thread_leaves() -> None:
+    ours, theirs = socket.socketpair()
+    conn = _Connection()
+    conn.sock = ours
+    inside, leave = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with conn.use("GET /x"):
+            inside.set()
+            leave.wait(5)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    inside.wait(5)
+    conn.close()
+    assert ours.fileno() != -1 and theirs.recv(1) == b""  # shut down (the peer sees the end), not closed
+    leave.set()
+    t.join()
+    assert ours.fileno() == -1
+    with pytest.raises(EngineUnreachable), conn.use("GET /x"):
+        pass
+    theirs.close()
