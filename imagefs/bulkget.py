@@ -109,6 +109,8 @@ class Body:
         in place); empty once the body has ended."""
         if len(buffer) < MIN_RECV + MAX_HEAD:
             raise ValueError("buffer too small")
+        sock = self._conn.sock
+        assert sock is not None, "a body without a connected socket"
         view = memoryview(buffer)
         filled = len(self._carry)
         view[:filled] = self._carry
@@ -125,7 +127,7 @@ class Body:
                 view[: len(tail)] = tail
                 filled, parsed = len(tail), 0
             with _mapped(self._request):
-                got = self._conn.sock.recv_into(view[filled:])
+                got = sock.recv_into(view[filled:])
             if got == 0:
                 if self._state != "close":
                     raise EngineUnreachable(f"{self._request}: the engine closed the connection "
