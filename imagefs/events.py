@@ -19,6 +19,10 @@ from .errors import ImagefsError
 log = logging.getLogger(__name__)
 
 FILTERS = {"type": ["image"]}
+# Actions that change no image, tag or digest: no reason to list the images again. A save comes with
+# every export (imagefs's own too), in the middle of it, where a refresh of a long list costs most.
+# (A push does change something: the image gains a repository digest.)
+UNCHANGING = frozenset({"save"})
 
 
 class EventFollower:
@@ -58,7 +62,8 @@ class EventFollower:
             self._dirty.set()  # catch up on whatever happened while the stream was down
             async for event in events:
                 log.debug("event %s %s", event.get("Action"), event.get("id"))
-                self._dirty.set()
+                if event.get("Action") not in UNCHANGING:
+                    self._dirty.set()
 
     def _went_down(self) -> None:
         self.catalog.events_live = False

@@ -297,3 +297,16 @@ def test_a_file_whose_image_moves_while_open_stays_whole(mount: Mount, engine: E
         assert len(now) == os.stat(path).st_size and now != second and len(now) > len(busybox) // 2
     finally:
         engine.docker("rmi", "moving/exp:1")
+
+
+def test_an_export_does_not_make_imagefs_list_the_images_again(engine: Engine, tmp: Path) -> None:
+    # The engine's `save` event comes mid-export; a save changes no image, and listing a long
+    # image list then would slow the export's readers.
+    with mounted(engine, tmp, "--debug") as m:
+        os.listdir(m.path)
+        wait_for(lambda: "following engine events" in m.log_text())
+        before = m.log_text().count("engine request GET /v1.41/images/json")
+        assert (m / "hello:latest/export.tar").read_bytes() == engine.save("hello:latest")
+        wait_for(lambda: m.log_text().count("event save") >= 2)  # ours and the test's own
+        time.sleep(0.5)
+        assert m.log_text().count("engine request GET /v1.41/images/json") == before
