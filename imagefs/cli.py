@@ -193,12 +193,17 @@ def _wait_for_daemon(pid_path: Path, seconds: float = 15.0) -> None:
     except (OSError, ValueError):
         return
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: an exited daemon waits for its reaper (init), which may take a second."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,6 +194,18 @@ def test_sigterm_unmounts_cleanly(engine: Engine, tmp: Path) -> None:
         assert not list(m.cache_dir.glob("spool-*"))
 
 
+def test_umount_returns_once_the_daemon_has_cleaned_up(engine: Engine, tmp: Path) -> None:
+    with mounted(engine, tmp) as m:
+        pid = m.daemon_pid()
+        (m / "hello:latest/export.tar").read_bytes()  # a spool for the daemon to remove
+        assert list(m.cache_dir.glob("spool-*/*"))
+        subprocess.run([*IMAGEFS, "umount", str(m.path)], check=True, capture_output=True, timeout=30)
+        # Back once the daemon has exited (a zombie until init reaps it), its spool removed.
+        assert not list(m.cache_dir.glob("spool-*"))
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 @pytest.mark.parametrize("how", ["-H", "seed"])
 def test_an_engine_over_tcp(engine: Engine, tmp: Path, how: str) -> None:
     proxy = Proxy(engine.sock)
