@@ -175,6 +175,7 @@ def spawn_daemon(options: MountOptions, argv: list[str], log_path: str | None) -
 
 def run_umount(mountpoint: Path, lazy: bool) -> int:
     mountpoint = mountpoint.absolute()
+    daemon = _daemon_pid(pidfile(mountpoint))  # before: the daemon removes its pidfile on its way out
     cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -182,16 +183,20 @@ def run_umount(mountpoint: Path, lazy: bool) -> int:
         hint = "" if lazy else " (try --lazy)" if "busy" in reason.lower() else ""
         print(f"imagefs: cannot unmount {mountpoint}: {reason}{hint}", file=sys.stderr)
         return 1
-    _wait_for_daemon(pidfile(mountpoint))
+    if daemon is not None:
+        _wait_for_exit(daemon)
     return 0
 
 
-def _wait_for_daemon(pid_path: Path, seconds: float = 15.0) -> None:
-    """After an unmount, give the daemon time to clean its spool and exit."""
+def _daemon_pid(pid_path: Path) -> int | None:
     try:
-        pid = int(pid_path.read_text())
+        return int(pid_path.read_text())
     except (OSError, ValueError):
-        return
+        return None
+
+
+def _wait_for_exit(pid: int, seconds: float = 15.0) -> None:
+    """After an unmount, give the daemon time to clean its spool and exit."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and _running(pid):
         time.sleep(0.02)
