@@ -48,13 +48,12 @@ class Body:
     def __init__(self, conn: _Connection, limiter: trio.CapacityLimiter, request: str, status: int,
                  headers: dict[str, str], rest: bytes) -> None:
         self.status = status
-        self.headers = headers
         self._conn = conn
         self._limiter = limiter
         self._request = request
         self._carry = rest  # received bytes not yet looked at: the start of the body, then a partial frame line
-        self.done = False
-        self.received = 0  # payload bytes handed out
+        self._done = False
+        self._received = 0  # payload bytes handed out
         encoding = headers.get("transfer-encoding", "").lower()
         if encoding and encoding != "chunked":
             raise BrokenAnswer(f"unsupported transfer-encoding {encoding!r}", request)
@@ -67,7 +66,7 @@ class Body:
                 raise BrokenAnswer(f"bad Content-Length {length[:40]!r}", request)
             self._left = int(length)
             self._state = "sized"
-            self.done = self._left == 0
+            self._done = self._left == 0
         else:
             self._left = None
             self._state = "close"  # the body ends when the peer closes
@@ -115,9 +114,9 @@ class Body:
         filled = len(self._carry)
         view[:filled] = self._carry
         parsed = out = 0  # bytes looked at; payload bytes gathered at the start
-        while not self.done:
+        while not self._done:
             parsed, out = self._parse(view, parsed, filled, out)
-            if self.done:
+            if self._done:
                 break
             if len(buffer) - filled < MIN_RECV:
                 if out:
@@ -131,8 +130,8 @@ class Body:
             if got == 0:
                 if self._state != "close":
                     raise EngineUnreachable(f"{self._request}: the engine closed the connection "
-                                            f"{self.received} bytes into the body")
-                self.done = True
+                                            f"{self._received} bytes into the body")
+                self._done = True
             filled += got
         self._carry = bytes(view[parsed:filled])
         return view[:out]
@@ -149,18 +148,18 @@ class Body:
 
         What is left at pos is the start of a framing line that has not fully arrived.
         """
-        while pos < end and not self.done:
+        while pos < end and not self._done:
             if self._state in ("sized", "data", "close"):
                 take = end - pos if self._left is None else min(self._left, end - pos)
                 if out != pos:
                     view[out : out + take] = view[pos : pos + take]  # memmove: the regions may overlap
                 out += take
                 pos += take
-                self.received += take
+                self._received += take
                 if self._left is not None:
                     self._left -= take
                     if self._left == 0:
-                        self.done = self._state == "sized"
+                        self._done = self._state == "sized"
                         self._state = "crlf"
                 continue
             line_end = bytes(view[pos : min(end, pos + MAX_LINE + 2)]).find(b"\r\n")
@@ -181,7 +180,7 @@ class Body:
                 self._left = int(digits, 16)
                 self._state = "data" if self._left else "trailer"
             elif not line:  # the empty line after the trailers ends the body
-                self.done = True
+                self._done = True
         return pos, out
 
 
