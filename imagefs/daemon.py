@@ -78,7 +78,7 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         try:
             with trio.fail_after(options.engine.timeout):
                 await engine.negotiate()
-                version = await engine.version()
+                version = engine.version_info or await engine.version()
         except (ImagefsError, trio.TooSlowError) as exc:
             raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
         catalog = Catalog(engine, fallback_ttl=options.fallback_ttl, live_ttl=options.live_ttl,

@@ -167,6 +167,8 @@ class Engine:
 
     config: EngineConfig
     api_path: str = ""
+    # The /version answer `negotiate` read (None when the path was pinned): the mount needs it too.
+    version_info: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _client: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
 
     def _new_client(self, timeout: httpx.Timeout) -> httpx.AsyncClient:
@@ -189,7 +191,7 @@ class Engine:
         if self.config.base_path is not None:
             self.api_path = self.config.base_path
             return self.api_path
-        info = await self._call("GET", "/version", versioned=False)
+        info = self.version_info = await self._call("GET", "/version", versioned=False)
         newest = str(info.get("ApiVersion", PREFERRED_API))
         oldest = str(info.get("MinAPIVersion", newest))
 
@@ -204,13 +206,18 @@ class Engine:
     def _url(self, path: str, versioned: bool = True) -> str:
         return (self.api_path if versioned else "") + path
 
+    def _request(self, method: str, path: str, params: dict[str, str] | list[tuple[str, str]] | None = None,
+                 versioned: bool = True) -> tuple[str, str]:
+        """The URL of a call, and the call as logs and error messages name it."""
+        url = self._url(path, versioned)
+        return url, f"{method} {url}" + (f"?{httpx.QueryParams(params)}" if params else "")
+
     async def _call(
         self, method: str, path: str, params: dict[str, str] | None = None, versioned: bool = True,
         mutation: bool = False,
     ) -> Any:
         """One request and its JSON answer (None for an empty body, or in dry-run for a mutation)."""
-        url = self._url(path, versioned)
-        request = f"{method} {url}" + (f"?{httpx.QueryParams(params)}" if params else "")
+        url, request = self._request(method, path, params, versioned)
         if mutation and self.config.dry_run:
             log.warning("dry-run: would send %s", request)
             return None
@@ -223,14 +230,15 @@ class Engine:
         return resp.json() if resp.content.strip() else None
 
     @contextlib.asynccontextmanager
-    async def stream(self, path: str, params: list[tuple[str, str]] | None = None,
-                     read_timeout: float | None = None) -> AsyncIterator[httpx.Response]:
-        """A GET whose body is streamed, on a client of its own that is always closed."""
-        url = self._url(path)
-        request = f"GET {url}" + (f"?{httpx.QueryParams(params)}" if params else "")
+    async def stream(self, path: str, params: list[tuple[str, str]] | None = None) -> AsyncIterator[httpx.Response]:
+        """A GET whose body is streamed, on a client of its own that is always closed.
+
+        No read timeout: the event stream is silent for as long as nothing happens.
+        """
+        url, request = self._request("GET", path, params)
         if self.config.debug:
             log.debug("engine request %s (stream)", request)
-        timeout = httpx.Timeout(self.config.timeout, read=read_timeout)
+        timeout = httpx.Timeout(self.config.timeout, read=None)
         async with self._new_client(timeout) as client:
             with _mapped(request):
                 async with client.stream("GET", url, params=params) as resp:
@@ -241,10 +249,10 @@ class Engine:
     @contextlib.asynccontextmanager
     async def bulk_get(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[bulkget.Body]:
         """A GET whose long body the caller reads into its own buffers (an export: see bulkget)."""
-        request = f"GET {self._url(path)}" + (f"?{httpx.QueryParams(params)}" if params else "")
+        url, request = self._request("GET", path, params)
         if self.config.debug:
             log.debug("engine request %s (bulk)", request)
-        async with bulkget.get(self.config.endpoint(), self._url(path), params, self.config.timeout,
+        async with bulkget.get(self.config.endpoint(), url, params, self.config.timeout,
                                self.config.stream_timeout, TCP_KEEPALIVE) as body:
             if body.status >= 400:
                 raise engine_error(body.status, _error_message(await body.read_all(MAX_ERROR_BODY)), request)
@@ -278,7 +286,7 @@ class Engine:
     @contextlib.asynccontextmanager
     async def events(self, filters: dict[str, list[str]]) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """The engine's event stream: entered once the engine has answered; decoded events until it breaks."""
-        async with self.stream("/events", [("filters", json.dumps(filters))], read_timeout=None) as resp:
+        async with self.stream("/events", [("filters", json.dumps(filters))]) as resp:
 
             async def decoded() -> AsyncIterator[dict[str, Any]]:
                 with _mapped("GET /events"):

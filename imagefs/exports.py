@@ -343,6 +343,9 @@ class Exports:
 
 @dataclass
 class ExportHandle(Handle):
+    """Served through the page cache even while the export grows: the kernel's reads past the size
+    it knows ask getattr first, which waits for the exact size; readers of one export share pages."""
+
     exports: Exports
     export: Export
 
@@ -364,12 +367,6 @@ class ExportHandle(Handle):
     @property
     def version(self) -> object:
         return self.export  # a new export of the same image starts with an empty page cache
-
-    # Served through the page cache even while it grows: the kernel's reads past the size it knows
-    # ask getattr first, which waits for the exact size; readers of one export then share pages.
-    cacheable = True
-
-
 
 
 def _write_sizes(path: Path, ours: dict[str, int], forgotten: frozenset[str]) -> dict[str, int]:
