@@ -248,7 +248,8 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def bulk_get(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[bulkget.Body]:
-        """A GET whose long body the caller reads into its own buffers (an export: see bulkget)."""
+        """A GET (HTTP/1.0) whose long body the caller splices into a file or reads into its own
+        buffers (an export: see bulkget); the body ends when the engine closes the connection."""
         url, request = self._request("GET", path, params)
         if self.config.debug:
             log.debug("engine request %s (bulk)", request)

@@ -4,9 +4,11 @@ GNU tar, rsync and sendfile copy exactly `st_size` bytes, and the engine sends
 no length, so a size is only ever reported when it is exact: 0 with mode 0440
 before an export was ever seen (GNU tar then opens the file and asks again),
 the remembered size of an earlier export, or — while an export runs — the
-final size, which a `stat` waits for. A stream that breaks, ends without the
-tar trailer, or differs in length from the remembered one fails every reader
-with EIO and its spool is dropped: a short file that looks complete is data loss.
+final size, which a `stat` waits for. A stream that breaks, is not one whole
+tar archive (tarcheck: the engine ends an export by closing the connection, so
+a crash looks like an end), or differs in length from the remembered one fails
+every reader with EIO and its spool is dropped: a short file that looks complete
+is data loss.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import mmap
 import os
 import queue
 import stat as st
@@ -25,16 +28,17 @@ from pathlib import Path
 
 import trio
 
+from . import tarcheck
+from .bulkget import Body
 from .engine import Engine, quote_name
 from .errors import EngineFailed, EngineUnreachable, ImagefsError
 from .nodes import Handle, Stat
 
 log = logging.getLogger(__name__)
 
-BUFFER_BYTES = 1 << 20  # the engine's stream is received into buffers of this size, each one write to the spool
+BUFFER_BYTES = 1 << 20  # a stream that cannot be spliced (TLS, chunks) is received into buffers of this size
 MAX_SIZES = 10_000  # remembered export sizes
 SPOOL_BUFFERS = 6  # per running export: the daemon's memory for it, and how far the socket may run ahead of the disk
-TAR_TRAILER = bytes(1024)  # two zero blocks end every tar stream the engine writes
 
 
 @dataclass(eq=False)
@@ -46,6 +50,7 @@ class Export:
     names: tuple[str, ...]
     spool: Path | None = None
     fd: int = -1
+    map: mmap.mmap | None = None  # the complete spool, mapped for reads
     written: int = 0
     expected: int | None = None  # the remembered size when it started: what readers were told
     complete: bool = False
@@ -85,6 +90,9 @@ class Exports:
         self._held: dict[str, Export] = {}  # per file, the export its open handles read
         self._nowait = True  # the spool's file system serves RWF_NOWAIT reads
         self._closing = False  # aborted: the mount is going away
+        self._mappable = True  # the spool's file system maps files
+        self._probe = bytearray(1)
+        self._lent: list[tuple[mmap.mmap, int, int]] = []  # mapped ranges the last reads answered with
 
     def setup(self) -> None:
         """Make the spool directory and drop the spools of daemons that died (blocking; call at mount)."""
@@ -215,7 +223,15 @@ class Exports:
             self._evict()
 
     async def _spool(self, export: Export) -> None:
-        """Stream the export into the spool: a thread fills buffers from the socket while another writes."""
+        """Stream the export into the spool: spliced by one thread, or (TLS) read into buffers that
+        another thread writes."""
+        async with self.engine.bulk_get(export.url_path, export.params) as body:
+            if body.spliceable:
+                await body.splice_into(export.fd, export.advance)
+            else:
+                await self._pump(export, body)
+
+    async def _pump(self, export: Export, body: Body) -> None:
         # Unbounded, but never holds more than the buffers there are: those are the backpressure.
         full, filled = trio.open_memory_channel[tuple[bytearray, memoryview]](math.inf)
         buffers: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
@@ -227,7 +243,7 @@ class Exports:
                 full.send_nowait((buffer, payload))
 
         try:
-            async with self.engine.bulk_get(export.url_path, export.params) as body, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._spool_writer, export, filled, buffers)
                 await body.pump(buffers, deliver)
         except BaseExceptionGroup as group:
@@ -257,10 +273,14 @@ class Exports:
             buffers.put(buffer)
 
     async def _verify(self, export: Export) -> None:
-        tail = await trio.to_thread.run_sync(os.pread, export.fd, len(TAR_TRAILER), max(0, export.written - 1024))
-        if export.written % 512 or tail != TAR_TRAILER:
-            raise EngineFailed(500, f"export of {' '.join(export.names)} ended without a tar trailer "
-                               f"after {export.written} bytes (error inside the stream?)", export.url_path)
+        def read(offset: int, n: int) -> bytes:
+            return os.pread(export.fd, n, offset)
+
+        problem = await trio.to_thread.run_sync(tarcheck.whole, read, export.written)
+        if problem:
+            raise EngineFailed(500, f"export of {' '.join(export.names)} is not a whole tar archive after "
+                               f"{export.written} bytes: {problem} (cut short, or an error inside the stream?)",
+                               export.url_path)
         if export.expected is not None and export.expected != export.written:
             self._sizes.pop(export.key, None)
             self._forgotten.add(export.key)
@@ -281,6 +301,10 @@ class Exports:
             export.spool.unlink(missing_ok=True)
             export.spool = None
         if export.readers == 0 and export.fd >= 0:
+            if export.map is not None:
+                # Unmapped as soon as no view of it is left (a view keeps it); the spool's blocks with it.
+                self._lent = [lent for lent in self._lent if lent[0] is not export.map]
+                export.map = None
             os.close(export.fd)
             export.fd = -1
 
@@ -308,7 +332,7 @@ class Exports:
             merged.pop(key, None)
         self._sizes = dict(list(merged.items())[-MAX_SIZES:])
 
-    async def pread(self, fd: int, size: int, offset: int) -> memoryview:
+    async def _pread(self, fd: int, size: int, offset: int) -> memoryview:
         """Exactly `size` spool bytes: at once when the page cache has them, else from a worker thread.
 
         A short answer would read as end-of-file to the kernel, so partial reads are completed.
@@ -329,6 +353,48 @@ class Exports:
                 raise EngineFailed(500, f"spool ended at {offset + got} of {offset + size} bytes")
             got += n
         return view
+
+    async def read(self, export: Export, size: int, offset: int) -> memoryview:
+        """Spool bytes; those of a complete export in the page cache as a view of its mapped spool,
+        which the reply to the kernel copies with no copy here (the read pass of a 512 MiB export:
+        0.17–0.19 s, against 0.21–0.23 s reading into a new buffer first)."""
+        self._return_lent()
+        if export.complete and size > 0 and self._mappable and self._resident(export.fd, size, offset):
+            try:
+                if export.map is None:
+                    export.map = mmap.mmap(export.fd, export.written, prot=mmap.PROT_READ)
+            except OSError as exc:
+                log.info("spool file system refuses mmap (%s); reading with pread", exc.strerror)
+                self._mappable = False
+            else:
+                self._lent.append((export.map, offset, size))
+                return memoryview(export.map)[offset : offset + size]
+        return await self._pread(export.fd, size, offset)
+
+    def _resident(self, fd: int, size: int, offset: int) -> bool:
+        """Whether a range's first and last pages are in the page cache (asked without waiting).
+
+        The reply copies from the mapping in the event loop: pages that had to come from disk
+        (an old spool, evicted) would hold every request of the mount up meanwhile.
+        """
+        if not self._nowait:
+            return False
+        try:
+            return all(os.preadv(fd, [self._probe], at, os.RWF_NOWAIT) for at in (offset, offset + size - 1))
+        except OSError:  # BlockingIOError: not there; another one: `_pread` finds out and says so
+            return False
+
+    def _return_lent(self) -> None:
+        """Take the pages of earlier answers out of the daemon's memory (RSS); the page cache keeps them.
+
+        pyfuse3 replies as soon as the read handler returns, before its task yields: once another
+        read runs, those replies are made. Were one not, it would only map the pages again.
+        """
+        for area, offset, size in self._lent:
+            if not area.closed:
+                start = offset - offset % mmap.PAGESIZE
+                area.madvise(mmap.MADV_DONTNEED, start, offset + size - start)
+        self._lent.clear()
 
     def release(self, export: Export) -> None:
         export.readers -= 1
@@ -359,7 +425,7 @@ class ExportHandle(Handle):
             await export.done.wait()
         if export.error is not None:
             raise export.error
-        return await self.exports.pread(export.fd, max(0, min(size, export.written - offset)), offset)
+        return await self.exports.read(export, max(0, min(size, export.written - offset)), offset)
 
     async def release(self) -> None:
         self.exports.release(self.export)

@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import socketserver
@@ -250,11 +251,14 @@ def pretty(doc: Any) -> bytes:
 class Proxy:
     """A proxy to the engine's unix socket, listening on a unix socket or on TCP 127.0.0.1.
 
-    With `refuse_events` it answers /events with 500: an engine whose event stream is down.
+    With `refuse_events` it answers /events with 500: an engine whose event stream is down. With
+    `http11` it passes HTTP/1.0 requests on as HTTP/1.1 (the engine then frames the body in chunks);
+    with `cut_exports` it ends each export's body after that many bytes, as a crashing engine would.
     """
 
-    def __init__(self, upstream: str, listen: Path | None = None, refuse_events: bool = False) -> None:
-        handler = self._handler(upstream, refuse_events)
+    def __init__(self, upstream: str, listen: Path | None = None, refuse_events: bool = False,
+                 http11: bool = False, cut_exports: int | None = None) -> None:
+        handler = self._handler(upstream, refuse_events, http11, cut_exports)
         self.server: socketserver.BaseServer
         if listen is None:
             self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
@@ -266,7 +270,8 @@ class Proxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @staticmethod
-    def _handler(upstream: str, refuse_events: bool) -> type[socketserver.BaseRequestHandler]:
+    def _handler(upstream: str, refuse_events: bool, http11: bool,
+                 cut_exports: int | None) -> type[socketserver.BaseRequestHandler]:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 head = b""
@@ -280,18 +285,36 @@ class Proxy:
                     self.request.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
                                          b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
                     return
+                line = head.split(b"\r\n", 1)[0]
+                if http11 and line.endswith(b" HTTP/1.0"):
+                    head = head.replace(b" HTTP/1.0\r\n", b" HTTP/1.1\r\nConnection: close\r\n", 1)
                 with socket.socket(socket.AF_UNIX) as up:
                     up.connect(upstream)
                     up.sendall(head)
                     pump = threading.Thread(target=_copy, args=(self.request, up), daemon=True)
                     pump.start()
-                    _copy(up, self.request)
+                    if cut_exports is not None and re.match(rb"GET \S*/get[?\s]", line):
+                        _copy_cut(up, self.request, cut_exports)
+                    else:
+                        _copy(up, self.request)
 
         return Handler
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _copy_cut(src: socket.socket, dst: socket.socket, body_bytes: int) -> None:
+    """Pass an answer's head and the first `body_bytes` of its body on, then end the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := src.recv(1 << 16)):
+        data += chunk
+    with contextlib.suppress(OSError):
+        while len(data) < data.find(b"\r\n\r\n") + 4 + body_bytes and (chunk := src.recv(1 << 16)):
+            data += chunk
+        dst.sendall(data[: data.find(b"\r\n\r\n") + 4 + body_bytes])
+        dst.shutdown(socket.SHUT_RDWR)
 
 
 def _copy(src: socket.socket, dst: socket.socket) -> None:

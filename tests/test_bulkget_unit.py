@@ -142,8 +142,10 @@ def test_unknown_transfer_encodings_are_refused() -> None:
         make_body(sock, {"transfer-encoding": "gzip"})
 
 
-def serve_once(path: Path, answer: bytes, then_wait: threading.Event | None = None) -> threading.Thread:
-    """A unix socket that answers one request with `answer` and closes (once `then_wait` is set)."""
+def serve_once(path: Path, answer: bytes, then_wait: threading.Event | None = None,
+               requests: list[bytes] | None = None) -> threading.Thread:
+    """A unix socket that answers one request (kept in `requests`) with `answer` and closes (once
+    `then_wait` is set)."""
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen(1)
@@ -154,6 +156,8 @@ def serve_once(path: Path, answer: bytes, then_wait: threading.Event | None = No
             request = b""
             while b"\r\n\r\n" not in request:
                 request += conn.recv(4096)
+            if requests is not None:
+                requests.append(request)
             conn.sendall(answer)
             if then_wait is not None:
                 then_wait.wait(10)
@@ -262,9 +266,8 @@ def test_bad_heads_are_refused(head: bytes) -> None:
         _read_head(sock, "GET /x")
 
 
-@pytest.mark.parametrize("waiting_for", ["the engine", "a free buffer"])
-def test_a_cancelled_pump_leaves_no_thread_on_the_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         waiting_for: str) -> None:
+def record_connections(monkeypatch: pytest.MonkeyPatch) -> list[_Connection]:
+    """The connections bulkget makes from now on, in order."""
     made: list[_Connection] = []
 
     class Recorded(_Connection):
@@ -273,6 +276,13 @@ def test_a_cancelled_pump_leaves_no_thread_on_the_socket(tmp_path: Path, monkeyp
             made.append(self)
 
     monkeypatch.setattr(bulkget, "_Connection", Recorded)
+    return made
+
+
+@pytest.mark.parametrize("waiting_for", ["the engine", "a free buffer"])
+def test_a_cancelled_pump_leaves_no_thread_on_the_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         waiting_for: str) -> None:
+    made = record_connections(monkeypatch)
     release = threading.Event()
     thread = serve_once(tmp_path / "d.sock", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
                         release)
@@ -317,3 +327,122 @@ def test_the_socket_closes_only_when_its_last_thread_leaves() -> None:
     with pytest.raises(EngineUnreachable), conn.use("GET /x"):
         pass
     theirs.close()
+
+
+# --- spliced bodies (HTTP/1.0: sized or ended by the close) ------------------------------------
+
+
+def splice_body(sock: socket.socket, headers: dict[str, str], rest: bytes = b"") -> tuple[bytes, int]:
+    """The file a body was spliced into, and the byte count its progress reports add up to."""
+    body = make_body(sock, headers, rest)
+    fd = os.memfd_create("spool")
+    reported: list[int] = []
+    try:
+        trio.run(body.splice_into, fd, reported.append)
+        return os.pread(fd, 1 << 30, 0), sum(reported)
+    finally:
+        os.close(fd)
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=payloads, cuts=stg.lists(stg.integers(0, 300_000), max_size=10), head=stg.integers(0, 5000),
+       timeout=stg.sampled_from([None, 5.0]))
+def test_spliced_bodies_arrive_whole(payload: bytes, cuts: list[int], head: int, timeout: float | None) -> None:
+    rest, wire = payload[:head], payload[head:]  # what arrived with the headers
+    with peer(split(wire, cuts), close=False) as sock:
+        sock.settimeout(timeout)  # with a timeout the socket is non-blocking: splice waits in select
+        assert splice_body(sock, {"content-length": str(len(payload))}, rest) == (payload, len(payload))
+    with peer(split(wire, cuts)) as sock:
+        sock.settimeout(timeout)
+        assert splice_body(sock, {}, rest) == (payload, len(payload))
+
+
+def test_bytes_past_the_content_length_are_not_spliced() -> None:
+    with peer([b"fgh"]) as sock:
+        assert splice_body(sock, {"content-length": "5"}, b"abcde-junk") == (b"abcde", 5)
+
+
+def test_a_short_sized_body_fails_when_spliced() -> None:
+    with peer([b"abc"]) as sock, pytest.raises(EngineUnreachable, match="3 bytes into the body"):
+        splice_body(sock, {"content-length": "10"})
+
+
+def test_a_chunked_body_is_not_spliced() -> None:
+    with peer([]) as sock:
+        body = make_body(sock, {"transfer-encoding": "chunked"})
+        assert not body.spliceable
+        with pytest.raises(ValueError, match="cannot be spliced"):
+            trio.run(body.splice_into, 0, print)
+
+
+def test_the_request_is_http_1_0_and_its_body_is_spliced(tmp_path: Path) -> None:
+    payload = os.urandom(3 << 20)
+    requests: list[bytes] = []
+    thread = serve_once(tmp_path / "d.sock", b"HTTP/1.0 200 OK\r\nContent-Type: application/x-tar\r\n\r\n" + payload,
+                        requests=requests)
+    engine = Engine(EngineConfig(host=f"unix://{tmp_path / 'd.sock'}", stream_timeout=5), api_path="/v1.41")
+    fd = os.memfd_create("spool")
+
+    async def export() -> None:
+        async with engine.bulk_get("/images/x/get", []) as body:
+            assert body.spliceable
+            await body.splice_into(fd, lambda n: None)
+
+    try:
+        trio.run(export)
+        assert os.pread(fd, len(payload) + 1, 0) == payload
+    finally:
+        os.close(fd)
+        thread.join()
+    # HTTP/1.1 would have the engine frame the body in chunks, which cannot be spliced.
+    assert requests[0].startswith(b"GET /v1.41/images/x/get HTTP/1.0\r\n")
+
+
+def test_a_silent_engine_times_out_when_spliced(tmp_path: Path) -> None:
+    release = threading.Event()
+    thread = serve_once(tmp_path / "d.sock", b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\nabcd", release)
+    engine = Engine(EngineConfig(host=f"unix://{tmp_path / 'd.sock'}", stream_timeout=0.3), api_path="/v1.41")
+    fd = os.memfd_create("spool")
+
+    async def export() -> None:
+        async with engine.bulk_get("/images/x/get", []) as body:
+            await body.splice_into(fd, lambda n: None)
+
+    try:
+        with pytest.raises(EngineTimeout):
+            trio.run(export)
+    finally:
+        os.close(fd)
+        release.set()
+        thread.join()
+
+
+def test_a_cancelled_splice_leaves_no_thread_and_no_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = record_connections(monkeypatch)
+    release = threading.Event()
+    thread = serve_once(tmp_path / "d.sock", b"HTTP/1.0 200 OK\r\n\r\nabcd", release)
+    engine = Engine(EngineConfig(host=f"unix://{tmp_path / 'd.sock'}"), api_path="/v1.41")
+    spool = tmp_path / "spool"
+    fd = os.open(spool, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def holders() -> list[str]:
+        return [n for n in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{n}") == str(spool)]
+
+    async def export() -> None:
+        arrived = trio.Event()
+        async with trio.open_nursery() as nursery, engine.bulk_get("/images/x/get", []) as body:
+            nursery.start_soon(body.splice_into, fd, lambda n: arrived.set())
+            await arrived.wait()  # the thread is splicing: now leave it behind
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(export)
+        # The thread left behind wakes (its socket is shut down), closes the socket as its last
+        # user and its own descriptor of the spool: only the caller's is left.
+        wait_for(lambda: made[0].sock is not None and made[0].sock.fileno() == -1)
+        wait_for(lambda: holders() == [str(fd)])
+        assert spool.read_bytes() == b"abcd"
+    finally:
+        os.close(fd)
+        release.set()
+        thread.join()

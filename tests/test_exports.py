@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Engine, Mount, mount_imagefs, mounted, unmount, wait_for
+from conftest import Engine, Mount, Proxy, mount_imagefs, mounted, unmount, wait_for
 
 REF = "localhost:5000/team/app:2"
 
@@ -166,6 +167,51 @@ def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, t
         if not os.path.exists(engine.sock):
             engine.start()
         unmount(m)
+
+
+def test_reads_of_a_complete_export_leave_no_pages_in_the_daemons_memory(engine: Engine, tmp: Path, blob: str) -> None:
+    # They are answered from the mapped spool; each answer's pages are unmapped at the next read.
+    def rss_file_kib(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssFile:")))
+
+    with mounted(engine, tmp) as m:
+        pid = m.daemon_pid()
+        before = rss_file_kib(pid)
+        data = (m / "big/blob:1/export.tar").read_bytes()  # waits for the export, then the daemon serves it all
+        assert len(data) > 96 << 20
+        assert rss_file_kib(pid) - before < 16 << 10
+        assert "/spool-" in Path(f"/proc/{pid}/maps").read_text()  # it was served from the mapping
+
+
+def test_an_export_cut_where_a_member_ends_is_eio(engine: Engine, tmp: Path) -> None:
+    # The engine ends an export by closing the connection, so a crash looks like an end. Cut right
+    # after the layer.tar member, the stream even ends with zero blocks on a block boundary.
+    data = engine.save(REF)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        layer = next(m for m in archive.getmembers() if m.name.endswith("/layer.tar") and m.isfile())
+    cut = layer.offset_data + -(-layer.size // 512) * 512
+    assert cut < len(data) and data[:cut].endswith(bytes(1024))
+    proxy = Proxy(engine.sock, tmp / "proxy.sock", cut_exports=cut)
+    try:
+        with mounted(engine, tmp, "-H", f"unix://{proxy.address}") as m:
+            with pytest.raises(OSError) as info:
+                (m / REF / "export.tar").read_bytes()
+            assert info.value.errno == errno.EIO
+            assert "not a whole tar archive" in m.log_text()
+    finally:
+        proxy.close()
+
+
+def test_an_export_framed_in_chunks_is_read_whole(engine: Engine, tmp: Path) -> None:
+    # An engine (or a proxy) that answers in chunks, as over HTTP/1.1: the body cannot be spliced
+    # and goes through the reader's buffers instead (as over TLS).
+    proxy = Proxy(engine.sock, tmp / "proxy.sock", http11=True)
+    try:
+        with mounted(engine, tmp, "-H", f"unix://{proxy.address}") as m:
+            assert (m / REF / "export.tar").read_bytes() == engine.save(REF)
+    finally:
+        proxy.close()
 
 
 def test_sigterm_during_an_export_unmounts_at_once(engine: Engine, tmp: Path, blob: str) -> None:

@@ -1,0 +1,111 @@
+"""Is a byte stream one whole tar archive? What tells an export that ended from one that broke.
+
+The engine sends an export without a length and ends it by closing the connection
+(the request is HTTP/1.0, which spares the chunk framing: see bulkget), so a crash
+mid-stream looks like an end. A whole archive is one whose headers, each found
+where the one before says its data ends, lead to the end-of-archive marker (a
+zero block at a header's place, then nothing but zeros). A stream cut short ends
+before the marker; an error message the engine wrote into the stream stands where
+a header must be and fails the header's checksum. Ending with zero blocks is not
+enough: a member's own data (a layer.tar) ends with zeros too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+BLOCK = 512
+HEADER_ONLY = frozenset(b"123456")  # links, devices, directories, FIFOs: no data follows their header
+MAX_TAIL = 1 << 20  # zeros allowed after the marker (GNU tar pads to its record size, 10 KiB by default)
+MAX_PAX = 1 << 20  # an extended header's records
+
+Read = Callable[[int, int], bytes]
+
+
+def whole(read: Read, size: int) -> str | None:
+    """None if the `size` bytes that `read(offset, n)` returns are one whole archive, else what is wrong."""
+    offset = 0
+    next_size: int | None = None  # from an extended (PAX) header, for the member after it
+    while True:
+        if offset + BLOCK > size:
+            return f"the stream ends at byte {size}, inside the archive (a header was due at {offset})"
+        header = read(offset, BLOCK)
+        if header == bytes(BLOCK):
+            return _tail(read, offset, size)
+        problem = _checksum(header)
+        if problem:
+            return f"no tar header at byte {offset}: {problem}"
+        length = _size(header[124:136]) if next_size is None else next_size
+        if length is None:
+            return f"the header at byte {offset} has no readable size"
+        next_size = None
+        kind = header[156]
+        if kind in HEADER_ONLY:
+            length = 0
+        elif kind == ord("x"):
+            if length > MAX_PAX or offset + BLOCK + length > size:
+                return f"the extended header at byte {offset} is cut or too long ({length} bytes)"
+            records = _pax_records(read(offset + BLOCK, length))
+            if records is None:
+                return f"the extended header at byte {offset} is malformed"
+            if "size" in records:
+                value = records["size"]
+                next_size = int(value) if value.isascii() and value.isdigit() else -1
+                if next_size < 0:
+                    return f"the extended header at byte {offset} has a bad size {records['size'][:30]!r}"
+        offset += BLOCK + -(-length // BLOCK) * BLOCK
+
+
+def _pax_records(data: bytes) -> dict[str, str] | None:
+    """The "LENGTH KEY=VALUE\n" records of an extended header (the last of a key wins), or None if malformed.
+
+    Each record is found by its length: a value may itself hold newlines and "size=".
+    """
+    records: dict[str, str] = {}
+    pos = 0
+    data = data.rstrip(b"\0")
+    while pos < len(data):
+        space = data.find(b" ", pos, pos + 21)
+        if space <= pos or not data[pos:space].isdigit():
+            return None
+        end = pos + int(data[pos:space])
+        if end > len(data) or end <= space + 1 or data[end - 1 : end] != b"\n":
+            return None
+        key, sep, value = data[space + 1 : end - 1].partition(b"=")
+        if not sep:
+            return None
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos = end
+    return records
+
+
+def _tail(read: Read, offset: int, size: int) -> str | None:
+    rest = size - offset
+    if rest < 2 * BLOCK:
+        return f"the end-of-archive marker at byte {offset} is cut short"
+    if rest > MAX_TAIL or read(offset, rest) != bytes(rest):
+        return f"{rest} bytes after the end-of-archive marker at byte {offset} are not all zeros"
+    return None
+
+
+def _checksum(header: bytes) -> str | None:
+    field = header[148:156].replace(b"\0", b" ").strip()
+    if not field or field.strip(b"01234567"):
+        return f"checksum field {header[148:156]!r}"
+    stated = int(field, 8)
+    unsigned = sum(header) - sum(header[148:156]) + 8 * ord(" ")
+    signed = unsigned - 2 * sum(b for b in header if b > 127)  # some writers sum signed bytes
+    if stated not in (unsigned, signed):
+        return f"checksum {stated} does not match the header ({unsigned})"
+    return None
+
+
+def _size(field: bytes) -> int | None:
+    if field[0] & 0x80:  # base-256, for sizes of 8 GiB and more
+        if field[0] != 0x80:
+            return None  # negative
+        return int.from_bytes(field[1:], "big")
+    digits = field.replace(b"\0", b" ").strip()
+    if digits.strip(b"01234567"):
+        return None
+    return int(digits, 8) if digits else 0
