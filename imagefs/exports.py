@@ -391,9 +391,8 @@ class Exports:
         read runs, those replies are made. Were one not, it would only map the pages again.
         """
         for area, offset, size in self._lent:
-            if not area.closed:
-                start = offset - offset % mmap.PAGESIZE
-                area.madvise(mmap.MADV_DONTNEED, start, offset + size - start)
+            start = offset - offset % mmap.PAGESIZE
+            area.madvise(mmap.MADV_DONTNEED, start, offset + size - start)
         self._lent.clear()
 
     def release(self, export: Export) -> None:
