@@ -203,6 +203,15 @@ def test_an_export_cut_where_a_member_ends_is_eio(engine: Engine, tmp: Path) -> 
         proxy.close()
 
 
+def test_an_export_over_tcp_is_spliced_whole(engine: Engine, tmp: Path) -> None:
+    proxy = Proxy(engine.sock)  # on 127.0.0.1: the body is spliced from a TCP socket
+    try:
+        with mounted(engine, tmp, "-H", f"tcp://{proxy.address}") as m:
+            assert (m / REF / "export.tar").read_bytes() == engine.save(REF)
+    finally:
+        proxy.close()
+
+
 def test_an_export_framed_in_chunks_is_read_whole(engine: Engine, tmp: Path) -> None:
     # An engine (or a proxy) that answers in chunks, as over HTTP/1.1: the body cannot be spliced
     # and goes through the reader's buffers instead (as over TLS).
