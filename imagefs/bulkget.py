@@ -10,7 +10,8 @@ connection, and one worker thread splices it socket → pipe → file: no byte p
 through Python, and the daemon's export of 512 MiB keeps pace with curl writing
 nothing (2.07–2.20 s against 2.08–2.22 s). The price is that a crash mid-stream looks
 like an end: the caller must check the body itself (exports: tarcheck). Over TLS,
-which cannot splice, the thread reads into reused buffers instead (`pump`).
+which cannot splice, or for a chunked answer, one thread reads the body into reused
+buffers (`pump`) that a second one writes (`write_into` picks).
 Everything else, the event stream included, stays on httpx.
 
 Only what a Docker engine sends is understood: HTTP/1.x, a chunked, sized or
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import math
 import os
 import queue
 import re
@@ -45,13 +47,16 @@ MAX_HEAD = 64 * 1024  # status line and headers
 MAX_LINE = 1024  # a chunk-size line or a trailer line
 MIN_RECV = 64 * 1024  # a buffer with less room than this goes back to the caller
 PIPE_BYTES = 1 << 20  # what one splice moves at most (the pipe is made this large where the kernel allows)
+BUFFER_BYTES = 1 << 20  # a body that cannot be spliced (TLS, chunks) is received into buffers of this size
+FILE_BUFFERS = 6  # per body written to a file that way: the memory for it, how far the socket may run ahead
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 Deliver = Callable[[bytearray, memoryview], None]
 
 
 class Body:
-    """The body of one response, read by `pump` (a long one) or `read_all` (a short one)."""
+    """The body of one response: written to a file by `write_into` (a long one), or read by
+    `read_all` (a short one)."""
 
     def __init__(self, conn: _Connection, limiter: trio.CapacityLimiter, request: str, status: int,
                  headers: dict[str, str], rest: bytes) -> None:
@@ -101,6 +106,49 @@ class Body:
             await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self._limiter)
         finally:
             buffers.put(None)  # a thread left behind stops at its next buffer
+
+    async def write_into(self, fd: int, progress: Callable[[int], None]) -> None:
+        """Write the whole body to file `fd` at its offset, spliced where it can be; each step's byte
+        count goes to `progress` in the event loop, the last one before this returns."""
+        if self.spliceable:
+            await self.splice_into(fd, progress)
+        else:
+            await self._pump_into(fd, progress)
+
+    async def _pump_into(self, fd: int, progress: Callable[[int], None]) -> None:
+        """`pump` into buffers while a second thread writes each one to `fd` (TLS, chunked bodies)."""
+        # Unbounded, but never holds more than the buffers there are: those are the backpressure.
+        full, filled = trio.open_memory_channel[tuple[bytearray, memoryview]](math.inf)
+        buffers: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+        for _ in range(FILE_BUFFERS):
+            buffers.put(bytearray(BUFFER_BYTES))
+
+        def deliver(buffer: bytearray, payload: memoryview) -> None:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):  # ended meanwhile
+                full.send_nowait((buffer, payload))
+
+        async def writer() -> None:
+            async for buffer, payload in filled:
+                if not payload:
+                    return
+                await trio.to_thread.run_sync(_write_all, fd, payload)
+                progress(payload.nbytes)
+                buffers.put(buffer)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                await self.pump(buffers, deliver)
+        except BaseExceptionGroup as group:
+            # One failure is the story; the other task was only cancelled because of it.
+            failure, _ = group.split(Exception)
+            while isinstance(failure, BaseExceptionGroup):
+                failure = failure.exceptions[0]
+            if failure is None:
+                raise
+            raise failure from None
+        finally:
+            full.close()
 
     @property
     def spliceable(self) -> bool:
@@ -378,7 +426,7 @@ def _read_head(sock: socket.socket, request: str) -> tuple[int, dict[str, str], 
     return int(parts[1]), headers, bytes(buffer[end + 4 : filled])
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:  # a short write is rare on a regular file, but not an error
         view = view[os.write(fd, view) :]

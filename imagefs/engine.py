@@ -113,9 +113,8 @@ class EngineConfig:
         where = self.endpoint()
         if where.uds is not None:
             return httpx.AsyncHTTPTransport(uds=where.uds), "http://docker"
-        if where.tls is None:
-            return httpx.AsyncHTTPTransport(socket_options=TCP_KEEPALIVE), where.base_url
-        return httpx.AsyncHTTPTransport(verify=where.tls, socket_options=TCP_KEEPALIVE), where.base_url
+        verify = where.tls if where.tls is not None else True  # True: httpx's default, unused over plain http
+        return httpx.AsyncHTTPTransport(verify=verify, socket_options=TCP_KEEPALIVE), where.base_url
 
 
 @dataclass(frozen=True)
@@ -248,8 +247,8 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def bulk_get(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[bulkget.Body]:
-        """A GET (HTTP/1.0) whose long body the caller splices into a file or reads into its own
-        buffers (an export: see bulkget); the body ends when the engine closes the connection."""
+        """A GET (HTTP/1.0) whose long body the caller writes into a file (an export: see bulkget);
+        the body ends when the engine closes the connection."""
         url, request = self._request("GET", path, params)
         if self.config.debug:
             log.debug("engine request %s (bulk)", request)

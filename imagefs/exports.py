@@ -18,10 +18,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import mmap
 import os
-import queue
 import stat as st
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +27,13 @@ from pathlib import Path
 import trio
 
 from . import tarcheck
-from .bulkget import Body
 from .engine import Engine, quote_name
 from .errors import EngineFailed, EngineUnreachable, ImagefsError
 from .nodes import Handle, Stat
 
 log = logging.getLogger(__name__)
 
-BUFFER_BYTES = 1 << 20  # a stream that cannot be spliced (TLS, chunks) is received into buffers of this size
 MAX_SIZES = 10_000  # remembered export sizes
-SPOOL_BUFFERS = 6  # per running export: the daemon's memory for it, and how far the socket may run ahead of the disk
 
 
 @dataclass(eq=False)
@@ -223,54 +218,8 @@ class Exports:
             self._evict()
 
     async def _spool(self, export: Export) -> None:
-        """Stream the export into the spool: spliced by one thread, or (TLS) read into buffers that
-        another thread writes."""
         async with self.engine.bulk_get(export.url_path, export.params) as body:
-            if body.spliceable:
-                await body.splice_into(export.fd, export.advance)
-            else:
-                await self._pump(export, body)
-
-    async def _pump(self, export: Export, body: Body) -> None:
-        # Unbounded, but never holds more than the buffers there are: those are the backpressure.
-        full, filled = trio.open_memory_channel[tuple[bytearray, memoryview]](math.inf)
-        buffers: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
-        for _ in range(SPOOL_BUFFERS):
-            buffers.put(bytearray(BUFFER_BYTES))
-
-        def deliver(buffer: bytearray, payload: memoryview) -> None:
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):  # ended meanwhile
-                full.send_nowait((buffer, payload))
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._spool_writer, export, filled, buffers)
-                await body.pump(buffers, deliver)
-        except BaseExceptionGroup as group:
-            # One failure is the story; the other task was only cancelled because of it.
-            failure, _ = group.split(Exception)
-            while isinstance(failure, BaseExceptionGroup):
-                failure = failure.exceptions[0]
-            if failure is None:
-                raise
-            raise failure from None
-        finally:
-            full.close()
-
-    @staticmethod
-    async def _spool_writer(export: Export, filled: trio.MemoryReceiveChannel[tuple[bytearray, memoryview]],
-                            buffers: queue.SimpleQueue[bytearray | None]) -> None:
-        def write(payload: memoryview) -> None:
-            rest = payload
-            while rest:  # a short write is rare on a regular file, but not an error
-                rest = rest[os.write(export.fd, rest) :]
-
-        async for buffer, payload in filled:
-            if not payload:
-                return
-            await trio.to_thread.run_sync(write, payload)
-            export.advance(payload.nbytes)
-            buffers.put(buffer)
+            await body.write_into(export.fd, export.advance)
 
     async def _verify(self, export: Export) -> None:
         def read(offset: int, n: int) -> bytes:
