@@ -20,7 +20,7 @@ import trio
 
 from . import references
 from .engine import Engine
-from .references import Path
+from .references import TreePath
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class Snapshot:
 
     images: dict[str, Image] = field(default_factory=dict)  # by ID
     by_ref: dict[str, Image] = field(default_factory=dict)  # tagged and digest references
-    children: dict[Path, set[str]] = field(default_factory=dict)  # namespace path -> listed names
-    newest: dict[Path, int] = field(default_factory=dict)  # namespace path -> newest Created beneath
+    children: dict[TreePath, set[str]] = field(default_factory=dict)  # namespace path -> listed names
+    newest: dict[TreePath, int] = field(default_factory=dict)  # namespace path -> newest Created beneath
 
     @classmethod
     def from_list(cls, summaries: list[dict[str, Any]]) -> Snapshot:
@@ -60,10 +60,10 @@ class Snapshot:
                     snap.newest[prefix] = max(snap.newest.get(prefix, 0), image.created)
         return snap
 
-    def image_at(self, path: Path) -> Image | None:
+    def image_at(self, path: TreePath) -> Image | None:
         return self.by_ref.get("/".join(path)) if references.is_image_path(path) else None
 
-    def is_namespace(self, path: Path) -> bool:
+    def is_namespace(self, path: TreePath) -> bool:
         return path in self.children
 
 
@@ -82,12 +82,18 @@ class Change:
         ids = {i for i in old.images.keys() | new.images.keys() if old.images.get(i) != new.images.get(i)}
         return cls(old, new, frozenset(refs), frozenset(ids))
 
+    @classmethod
+    def none(cls, snap: Snapshot) -> Change:
+        return cls(snap, snap, frozenset(), frozenset())
+
     def __bool__(self) -> bool:
         return bool(self.refs or self.ids)
 
 
-# Called with each change; `settle` asks to return only once the change has taken effect.
-Listener = Callable[[Change, bool], Awaitable[None]]
+# Called with each change (None: nothing is known any more, forget everything); `settle` asks to
+# return only once the change has taken effect. A control write settles: when it returns, the kernel
+# has forgotten what changed — the one place where a node waits for the adapter, on purpose.
+Listener = Callable[[Change | None, bool], Awaitable[None]]
 
 
 def pretty(doc: Any) -> bytes:
@@ -103,7 +109,7 @@ class Catalog:
         self.engine = engine
         self.fallback_ttl = fallback_ttl
         self.live_ttl = live_ttl
-        self.events_live = False  # set by the events follower
+        self.events_live = False
         self.listeners: list[Listener] = []
         self._snapshot = Snapshot()
         self._fetched_at: float | None = None
@@ -133,7 +139,7 @@ class Catalog:
         """
         async with self._lock:
             if only_if_stale and not self._stale():  # another caller fetched it while this one waited
-                return Change.between(self._snapshot, self._snapshot)
+                return Change.none(self._snapshot)
             started = trio.current_time()
             new = Snapshot.from_list(await self.engine.list_images())
             change = Change.between(self._snapshot, new)
@@ -147,10 +153,17 @@ class Catalog:
                 await listener(change, settle)
         return change
 
-    def forget(self) -> None:
-        """Drop everything cached (the events stream broke: nothing is known to be current)."""
+    def set_live(self, live: bool) -> None:
+        """Whether the events stream is followed: the snapshot is trusted for long only while it is."""
+        self.events_live = live
+
+    async def lose_track(self) -> None:
+        """The events stream broke: nothing is known to be current; every listener forgets everything."""
+        self.events_live = False
         self._fetched_at = None
         self._docs.clear()
+        for listener in self.listeners:
+            await listener(None, False)
 
     async def version(self) -> bytes:
         """The engine's /version plus the API path in use, as `.imagefs/version` reads."""
@@ -166,7 +179,7 @@ class Catalog:
         key = (image_id, kind)
         doc = self._docs.get(key)
         if doc is None:
-            fetch = self.engine.inspect if kind == "inspect" else self.engine.history
+            fetch = {"inspect": self.engine.inspect, "history": self.engine.history}[kind]
             doc = pretty(await fetch(image_id))
             self._docs[key] = doc
         return doc

@@ -15,17 +15,20 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
 
-from .catalog import Catalog
+from .catalog import Catalog, Change
 from .engine import Engine, EngineConfig
 from .errors import ImagefsError
 from .events import EventFollower
-from .exports import Exports
-from .fs import Operations
-from .nodes import Tree
+from .fuse.operations import Operations
+from .nodes.base import Context
+from .nodes.tree import Tree, affected
+from .spool.exports import Exports
+from .spool.store import Store, UnsafeCache
 
 log = logging.getLogger(__name__)
 
@@ -75,40 +78,60 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
     async with contextlib.AsyncExitStack() as stack:
         engine = Engine(options.engine)
         stack.push_async_callback(engine.aclose)
-        try:
-            with trio.fail_after(options.engine.timeout):
-                await engine.negotiate()
-                version = engine.version_info or await engine.version()
-        except (ImagefsError, trio.TooSlowError) as exc:
-            raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
+        version = await _reach(engine, options)
+        store = _open_store(options.cache_dir)
+        stack.callback(store.close)
         catalog = Catalog(engine, fallback_ttl=options.fallback_ttl, live_ttl=options.live_ttl,
                           cache_ttl=options.cache_ttl, cache_entries=options.cache_entries)
-        identity = f"{options.engine.host} {version.get('Version', '?')}"
-        exports = Exports(engine, options.cache_dir, options.cache_size, identity)
-        try:
-            exports.setup()
-        except OSError as exc:
-            raise MountError(f"cache directory {options.cache_dir}: {exc.strerror}") from exc
-        stack.callback(exports.close)  # after the nursery below: no export task still writes
-        exports.nursery = nursery = await stack.enter_async_context(trio.open_nursery())
+        nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
-        ops = Operations(Tree(catalog, exports, options.read_only))
-        catalog.listeners.append(ops.on_change)
+        identity = f"{options.engine.host} {version.get('Version', '?')}"
+        exports = Exports(engine, store, options.cache_size, identity, nursery)
+        exports.sizes.load()
+        stack.callback(exports.close)  # after the nursery's end: no export task still writes
+        tree = Tree(Context(catalog, exports, options.read_only))
+        ops = Operations(tree)
+
+        async def forget(change: Change | None, settle: bool) -> None:
+            await ops.on_change(affected(change) if change is not None else None, settle)
+
+        catalog.listeners.append(forget)
         try:
             pyfuse3.init(ops, str(options.mountpoint), options.fuse_options())
         except RuntimeError as exc:
             raise MountError(f"cannot mount {options.mountpoint}: {exc}") from exc
         # Unmount even after a failure: a dead mount ("Transport endpoint is not connected") helps nobody.
         stack.callback(pyfuse3.close, unmount=True)
-        nursery.start_soon(ops.invalidator)
+        nursery.start_soon(ops.kernel.run)
         nursery.start_soon(_raise_readahead, ops.initialized, options.mountpoint)
-        nursery.start_soon(EventFollower(catalog, ops.invalidate_soon).run)
+        nursery.start_soon(EventFollower(catalog).run)
         nursery.start_soon(_stop_on_signals, exports.abort)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         log.info("mounted %s (engine %s, API %s)", options.mountpoint, options.engine.host, engine.api_path)
         ready()
         await pyfuse3.main()
         log.info("unmounted %s", options.mountpoint)
+
+
+async def _reach(engine: Engine, options: MountOptions) -> dict[str, Any]:
+    """The engine's /version, after choosing the API version: the mount's first calls."""
+    try:
+        with trio.fail_after(options.engine.timeout):
+            await engine.negotiate()
+            return engine.version_info or await engine.version()
+    except (ImagefsError, trio.TooSlowError) as exc:
+        raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
+
+
+def _open_store(cache_dir: Path) -> Store:
+    store = Store(cache_dir)
+    try:
+        store.open()
+    except UnsafeCache as exc:
+        raise MountError(f"cache directory refused: {exc}") from exc
+    except OSError as exc:
+        raise MountError(f"cache directory {cache_dir}: {exc.strerror}") from exc
+    return store
 
 
 async def _raise_readahead(initialized: trio.Event, mountpoint: Path, kib: int = READAHEAD_KIB) -> None:

@@ -8,9 +8,14 @@
     │   ├── Conflict             409 (in use, must force)
     │   ├── NotSupported         501
     │   └── EngineFailed         500 and any other status, or an error inside a stream
+    │       └── BrokenAnswer     an answer that breaks HTTP or is not the JSON it must be
     ├── EngineUnreachable        no connection, or the connection broke
     ├── EngineTimeout            the engine did not answer in time
+    ├── ExportBroken             an export that is not whole, not its file's image, or of another length
+    ├── SpoolError               the local cache failed (a full disk is ENOSPC): not the engine's fault
+    ├── Closing                  the mount is going away: imagefs ended it, the engine did not fail
     ├── BadCommand               a control write imagefs refuses before sending anything
+    ├── NotPermitted             what the tree never allows (rm, mkdir, …)
     └── ReadOnly                 the mount is read-only
 
 Only the FUSE adapter turns these into `FUSEError`; everything below it raises
@@ -75,8 +80,32 @@ class EngineTimeout(ImagefsError):
     pass
 
 
+class ExportBroken(ImagefsError):
+    """An export that ended but is not what its file promises: EIO, and nothing of it is served."""
+
+
+class SpoolError(ImagefsError):
+    """The local spool failed; the reader gets the OSError's own errno (ENOSPC for a full disk)."""
+
+    def __init__(self, message: str, errno_: int) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+    @classmethod
+    def of(cls, exc: OSError, what: str) -> SpoolError:
+        return cls(f"{what}: {exc.strerror or exc}", exc.errno or errno.EIO)
+
+
+class Closing(ImagefsError):
+    """The mount is closing: what was running is ended by imagefs itself (trio's Closed, not Broken)."""
+
+
 class BadCommand(ImagefsError):
     """Malformed control input; nothing was sent to the engine."""
+
+
+class NotPermitted(ImagefsError):
+    """rm, rmdir, mv, mkdir and the like: the tree never changes that way."""
 
 
 class ReadOnly(ImagefsError):
@@ -109,13 +138,19 @@ ERRNO: dict[type[ImagefsError], int] = {
     EngineError: errno.EIO,
     EngineUnreachable: errno.EIO,
     EngineTimeout: errno.ETIMEDOUT,
+    ExportBroken: errno.EIO,
+    SpoolError: errno.EIO,  # only when the OSError had no errno: see errno_for
+    Closing: errno.EIO,
     BadCommand: errno.EINVAL,
+    NotPermitted: errno.EPERM,
     ReadOnly: errno.EROFS,
 }
 
 
 def errno_for(exc: ImagefsError) -> int:
-    """The errno of SPEC §4 for an error, by its most specific class."""
+    """The errno of SPEC §4 for an error, by its most specific class (a spool's failure: its own)."""
+    if isinstance(exc, SpoolError):
+        return exc.errno
     for cls in type(exc).__mro__:
         if cls in ERRNO:
             return ERRNO[cls]

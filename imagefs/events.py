@@ -9,7 +9,6 @@ backoff, refreshing once it is back to catch what it missed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import trio
 
@@ -26,10 +25,8 @@ UNCHANGING = frozenset({"save"})
 
 
 class EventFollower:
-    def __init__(self, catalog: Catalog, lost_track: Callable[[], object],  # called when nothing is known
-                 backoff: float = 0.2, max_backoff: float = 5.0) -> None:
+    def __init__(self, catalog: Catalog, backoff: float = 0.2, max_backoff: float = 5.0) -> None:
         self.catalog = catalog
-        self.lost_track = lost_track
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._dirty = trio.Event()
@@ -51,24 +48,19 @@ class EventFollower:
                     log.warning("events stream down (%s); %.1f s TTLs until it is back",
                                 reason, self.catalog.fallback_ttl)
                     delay = self.backoff
-                    self._went_down()
+                    await self.catalog.lose_track()
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
     async def _follow(self) -> None:
         async with self.catalog.engine.events(FILTERS) as events:
             log.info("following engine events")
-            self.catalog.events_live = True
+            self.catalog.set_live(True)
             self._dirty.set()  # catch up on whatever happened while the stream was down
             async for event in events:
                 log.debug("event %s %s", event.get("Action"), event.get("id"))
                 if event.get("Action") not in UNCHANGING:
                     self._dirty.set()
-
-    def _went_down(self) -> None:
-        self.catalog.events_live = False
-        self.catalog.forget()
-        self.lost_track()
 
     async def _refresher(self) -> None:
         """One refresh per burst of events: events arriving during a refresh cause one more."""

@@ -33,7 +33,7 @@ _PATH_COMPONENT_RE = re.compile(PATH_COMPONENT)
 _DOMAIN_RE = re.compile(DOMAIN)
 _IMAGE_ID_RE = re.compile(r"[0-9a-f]{64}")
 
-Path = tuple[str, ...]
+TreePath = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def parse_tag_target(text: str) -> tuple[str, str]:
     return ref.name, ref.tag or "latest"
 
 
-def to_path(reference: str) -> Path | None:
+def to_path(reference: str) -> TreePath | None:
     """Where a reference the engine reports lives in the tree; None if it has no place there."""
     ref = parse(reference)
     if ref is None or (ref.tag is None and ref.digest is None):
@@ -70,12 +70,12 @@ def to_path(reference: str) -> Path | None:
     return tuple(reference.split("/"))
 
 
-def is_image_path(path: Path) -> bool:
+def is_image_path(path: TreePath) -> bool:
     """Could this path name an image directory (a tagged or digest reference)?"""
     return bool(path) and to_path("/".join(path)) == path
 
 
-def is_namespace_path(path: Path) -> bool:
+def is_namespace_path(path: TreePath) -> bool:
     """Could this path be a proper prefix of some reference's name?"""
     if not path:
         return True

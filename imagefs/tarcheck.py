@@ -13,47 +13,76 @@ enough: a member's own data (a layer.tar) ends with zeros too.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 BLOCK = 512
 HEADER_ONLY = frozenset(b"123456")  # links, devices, directories, FIFOs: no data follows their header
 MAX_TAIL = 1 << 20  # zeros allowed after the marker (GNU tar pads to its record size, 10 KiB by default)
 MAX_PAX = 1 << 20  # an extended header's records
+MAX_KEPT = 16 << 20  # a member kept whole (manifest.json)
 
 Read = Callable[[int, int], bytes]
 
 
-def whole(read: Read, size: int) -> str | None:
-    """None if the `size` bytes that `read(offset, n)` returns are one whole archive, else what is wrong."""
+@dataclass
+class Walk:
+    """What a walk found: `problem` (None for one whole archive) and the kept members' bytes."""
+
+    problem: str | None
+    kept: dict[str, bytes] = field(default_factory=dict)
+
+
+def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
+    """Walk the `size` bytes that `read(offset, n)` returns; keep the data of small regular members
+    named in `keep` (an export's manifest.json: which image it holds)."""
     offset = 0
-    next_size: int | None = None  # from an extended (PAX) header, for the member after it
+    kept: dict[str, bytes] = {}
+    pax: dict[str, str] = {}  # the extended header's records, for the member after it
     while True:
         if offset + BLOCK > size:
-            return f"the stream ends at byte {size}, inside the archive (a header was due at {offset})"
+            return Walk(f"the stream ends at byte {size}, inside the archive (a header was due at {offset})")
         header = read(offset, BLOCK)
         if header == bytes(BLOCK):
-            return _tail(read, offset, size)
+            return Walk(_tail(read, offset, size), kept)
         problem = _checksum(header)
         if problem:
-            return f"no tar header at byte {offset}: {problem}"
-        length = _size(header[124:136]) if next_size is None else next_size
+            return Walk(f"no tar header at byte {offset}: {problem}")
+        length = _size(header[124:136]) if "size" not in pax else _pax_size(pax["size"])
         if length is None:
-            return f"the header at byte {offset} has no readable size"
-        next_size = None
+            return Walk(f"the header at byte {offset} has no readable size")
         kind = header[156]
+        name = pax.get("path") or _name(header)
+        pax = {}
         if kind in HEADER_ONLY:
             length = 0
         elif kind == ord("x"):
             if length > MAX_PAX or offset + BLOCK + length > size:
-                return f"the extended header at byte {offset} is cut or too long ({length} bytes)"
+                return Walk(f"the extended header at byte {offset} is cut or too long ({length} bytes)")
             records = _pax_records(read(offset + BLOCK, length))
-            if records is None:
-                return f"the extended header at byte {offset} is malformed"
-            if "size" in records:
-                value = records["size"]
-                next_size = int(value) if value.isascii() and value.isdigit() else -1
-                if next_size < 0:
-                    return f"the extended header at byte {offset} has a bad size {records['size'][:30]!r}"
+            if records is None or ("size" in records and _pax_size(records["size"]) is None):
+                return Walk(f"the extended header at byte {offset} is malformed")
+            pax = records
+        elif name in keep and kind in (0, ord("0")) and length <= MAX_KEPT and offset + BLOCK + length <= size:
+            kept[name] = read(offset + BLOCK, length)
         offset += BLOCK + -(-length // BLOCK) * BLOCK
+
+
+def whole(read: Read, size: int) -> str | None:
+    """None if the `size` bytes that `read(offset, n)` returns are one whole archive, else what is wrong."""
+    return walk(read, size).problem
+
+
+def _name(header: bytes) -> str:
+    name = header[:100].split(b"\0", 1)[0]
+    if header[257:262] == b"ustar":
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "replace")
+
+
+def _pax_size(value: str) -> int | None:
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _pax_records(data: bytes) -> dict[str, str] | None:

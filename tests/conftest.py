@@ -197,7 +197,7 @@ def mount_imagefs(engine: Engine, base: Path, *args: str) -> Mount:
 
 
 @contextlib.contextmanager
-def mounted(engine: Engine, base: Path, *args: str) -> Iterator[Mount]:
+def mounted(engine: Engine, base: Path, *args: str, expect: list[str] | None = None) -> Iterator[Mount]:
     """imagefs mounted through its CLI for the block, unmounted however the block ends."""
     m = mount_imagefs(engine, base, *args)
     try:

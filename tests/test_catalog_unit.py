@@ -1,4 +1,4 @@
-"""Snapshot, Change and Tree.affected on hand-written engine answers: no engine, no FUSE."""
+"""Snapshot, Change and nodes.tree.affected on hand-written engine answers: no engine, no FUSE."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from imagefs.catalog import Change, Image, Snapshot
-from imagefs.nodes import IDS, RESERVED, Tree
+from imagefs.nodes.images import IDS, RESERVED
+from imagefs.nodes.tree import affected
 
 A = "a" * 64
 B = "b" * 64
@@ -45,10 +46,6 @@ LIST = [
 @pytest.fixture
 def snap() -> Snapshot:
     return Snapshot.from_list(LIST)
-
-
-def tree() -> Tree:
-    return Tree(catalog=None, exports=None)  # type: ignore[arg-type]  # affected() only reads the change
 
 
 # --- Snapshot --------------------------------------------------------------------------------
@@ -198,13 +195,14 @@ ALWAYS = {(), (RESERVED,), (RESERVED, IDS)}
 def test_affected_new_tag() -> None:
     old = Snapshot.from_list([summary(A, 1, ["alpine:latest"]), summary(B, 2, ["org/b:1"])])
     new = Snapshot.from_list([summary(A, 1, ["alpine:latest", "myorg/app:1.0"]), summary(B, 2, ["org/b:1"])])
-    trees, nodes = tree().affected(Change.between(old, new))
+    found = affected(Change.between(old, new))
+    trees, nodes = found.trees, found.nodes
     assert ("myorg", "app:1.0") in trees
     assert (RESERVED, IDS, A) in trees
     assert ("myorg",) in nodes  # the new namespace exists: its attributes changed, not gone
     assert ("myorg",) not in trees
     assert nodes >= ALWAYS
-    assert (RESERVED, "all.tar") in nodes  # a new tag changes the all-images archive
+    assert (RESERVED, "all.tar") in trees  # a new tag makes the all-images archive another content
     assert ("org", "b:1") not in trees and ("org",) not in trees | nodes
     assert (RESERVED, IDS, B) not in trees
 
@@ -212,7 +210,8 @@ def test_affected_new_tag() -> None:
 def test_affected_removed_tag_empties_namespace() -> None:
     old = Snapshot.from_list([summary(A, 1, ["alpine:latest", "a/b/c:1"]), summary(B, 2, ["a/x:1"])])
     new = Snapshot.from_list([summary(A, 1, ["alpine:latest"]), summary(B, 2, ["a/x:1"])])
-    trees, nodes = tree().affected(Change.between(old, new))
+    found = affected(Change.between(old, new))
+    trees, nodes = found.trees, found.nodes
     assert ("a", "b", "c:1") in trees
     assert ("a", "b") in trees  # emptied: gone with its subtree
     assert ("a",) in nodes  # still holds a/x:1
@@ -225,7 +224,8 @@ def test_affected_removed_last_tag_under_registry_image() -> None:
     # localhost:5000 stays as an image when its namespace side empties.
     old = Snapshot.from_list([summary(A, 1, ["localhost:5000", "localhost:5000/app:1"])])
     new = Snapshot.from_list([summary(A, 1, ["localhost:5000"])])
-    trees, nodes = tree().affected(Change.between(old, new))
+    found = affected(Change.between(old, new))
+    trees, nodes = found.trees, found.nodes
     assert ("localhost:5000", "app:1") in trees
     assert ("localhost:5000",) in trees  # A changed, so its directory is dropped too
     assert ("localhost:5000",) in nodes  # and, as the emptied namespace that still exists as an image, touched
@@ -236,7 +236,8 @@ def test_affected_removed_last_tag_under_registry_image() -> None:
 def test_affected_moved_tag() -> None:
     old = Snapshot.from_list([summary(A, 1, ["app:1", "org/app:1"]), summary(B, 2, ["app:2"]), summary(C, 3, ["c:1"])])
     new = Snapshot.from_list([summary(A, 1, ["app:1"]), summary(B, 2, ["app:2", "org/app:1"]), summary(C, 3, ["c:1"])])
-    trees, nodes = tree().affected(Change.between(old, new))
+    found = affected(Change.between(old, new))
+    trees, nodes = found.trees, found.nodes
     assert ("org", "app:1") in trees
     assert {(RESERVED, IDS, A), (RESERVED, IDS, B)} <= trees
     assert ("app:1",) in trees and ("app:2",) in trees  # both images' inspect changed
@@ -250,23 +251,26 @@ def test_affected_removed_image() -> None:
         [summary(A, 1, ["alpine:latest", "org/a:1"], [f"alpine@{DIGEST}"]), summary(B, 2, ["b:1"])]
     )
     new = Snapshot.from_list([summary(B, 2, ["b:1"])])
-    trees, nodes = tree().affected(Change.between(old, new))
+    found = affected(Change.between(old, new))
+    trees, nodes = found.trees, found.nodes
     assert (RESERVED, IDS, A) in trees
     assert {("alpine:latest",), ("org", "a:1"), ("org",), (f"alpine@{DIGEST}",)} <= trees
     assert ("b:1",) not in trees and (RESERVED, IDS, B) not in trees
-    assert nodes == ALWAYS | {(RESERVED, "all.tar")}
+    assert nodes == ALWAYS and (RESERVED, "all.tar") in trees
 
 
 def test_affected_removed_untagged_image() -> None:
     old = Snapshot.from_list([summary(A, 1, None), summary(B, 2, ["b:1"])])
     new = Snapshot.from_list([summary(B, 2, ["b:1"])])
-    trees, nodes = tree().affected(Change.between(old, new))
+    found = affected(Change.between(old, new))
+    trees, nodes = found.trees, found.nodes
     assert trees == {(RESERVED, IDS, A)}
     assert nodes == ALWAYS
 
 
 def test_affected_nothing() -> None:
     snap = Snapshot.from_list(LIST)
-    trees, nodes = tree().affected(Change.between(snap, Snapshot.from_list(LIST)))
+    found = affected(Change.between(snap, Snapshot.from_list(LIST)))
+    trees, nodes = found.trees, found.nodes
     assert trees == set()
     assert nodes == ALWAYS

@@ -181,7 +181,7 @@ def test_reads_of_a_complete_export_leave_no_pages_in_the_daemons_memory(engine:
         data = (m / "big/blob:1/export.tar").read_bytes()  # waits for the export, then the daemon serves it all
         assert len(data) > 96 << 20
         assert rss_file_kib(pid) - before < 16 << 10
-        assert "/spool-" in Path(f"/proc/{pid}/maps").read_text()  # it was served from the mapping
+        assert "/spool/" in Path(f"/proc/{pid}/maps").read_text()  # it was served from the mapping
 
 
 def test_an_export_cut_where_a_member_ends_is_eio(engine: Engine, tmp: Path) -> None:
@@ -258,8 +258,8 @@ def test_spool_is_bounded_and_evicted_when_nobody_reads(engine: Engine, tmp: Pat
     with mounted(engine, tmp, "--cache-size", "1M") as m:
         with open(m / "busybox:latest/export.tar", "rb") as f:
             assert f.read() == expected
-            assert sum(p.stat().st_size for p in m.cache_dir.glob("spool-*/*")) == len(expected)  # held while open
-        wait_for(lambda: list(m.cache_dir.glob("spool-*/*")) == [], timeout=2)  # release(2) is asynchronous
+            assert sum(p.stat().st_size for p in m.cache_dir.glob("spool/*")) == len(expected)  # held while open
+        wait_for(lambda: list(m.cache_dir.glob("spool/*")) == [], timeout=2)  # release(2) is asynchronous
         assert (m / "busybox:latest/export.tar").read_bytes() == expected  # exported afresh, same size
 
 
@@ -283,26 +283,29 @@ def test_a_wrong_remembered_size_is_eio_never_a_short_copy(engine: Engine, tmp: 
     sizes = json.loads(sizes_file.read_text())
     key = next(k for k in sizes if k.endswith(" busybox:latest"))
     for wrong in (len(expected) - 4096, len(expected) + 4096):
+        for kept in m.cache_dir.glob("spool/*.tar"):  # only the remembered size is left to go by
+            kept.unlink()
         sizes[key] = wrong
         sizes_file.write_text(json.dumps(sizes))
-        with mounted(engine, tmp) as m:
-            assert os.stat(m / "busybox:latest/export.tar").st_size == wrong
-            held = os.open(m / "busybox:latest/export.tar", os.O_RDONLY)  # starts the export, stays open
-            result = sh(f"cat '{m.path}/busybox:latest/export.tar' > {tmp}/copy.tar")
-            # EIO if cat joined the bad export; a whole copy if that export had already failed.
-            failed = result.returncode != 0 and "Input/output error" in result.stderr
-            assert failed or (tmp / "copy.tar").read_bytes() == expected
-            with pytest.raises(OSError):
+        with mounted(engine, tmp, expect=[r"export of busybox:latest failed: .* bytes, \d+ before"]) as m:
+            path = m / "busybox:latest/export.tar"
+            assert os.stat(path).st_size == wrong
+            held = os.open(path, os.O_RDONLY)  # starts the export, which the remembered size contradicts
+            with pytest.raises(OSError) as info:  # the read that reaches the size told waits for the verdict
                 while os.read(held, 1 << 20):
                     pass
-            # While a failed export is held open its file stats EIO (a reader's size refresh must not
-            # read as end-of-file) but its directory still lists.
+            assert info.value.errno == errno.EIO
+            # While the failed export is open (and no other one runs) its file stats EIO, so that a
+            # reader's size refresh cannot read as end-of-file; its directory still lists.
             with pytest.raises(OSError) as info:
-                os.stat(m / "busybox:latest/export.tar")
+                os.stat(path)
             assert info.value.errno == errno.EIO
             assert sh(f"ls '{m.path}/busybox:latest'").returncode == 0
+            result = sh(f"cat '{path}' > {tmp}/copy.tar")  # a new open never joins a failed export
+            assert result.returncode == 0, result.stderr
+            assert (tmp / "copy.tar").read_bytes() == expected
             os.close(held)
-            assert (m / "busybox:latest/export.tar").read_bytes() == expected  # the next export is right
+            assert os.stat(path).st_size == len(expected) and path.read_bytes() == expected
 
 
 def test_cache_dir_on_tmpfs(engine: Engine, tmp: Path) -> None:
@@ -331,25 +334,26 @@ def test_an_open_export_keeps_its_size_when_the_tags_change(mount: Mount, engine
 
 
 def test_a_file_whose_image_moves_while_open_stays_whole(mount: Mount, engine: Engine) -> None:
-    busybox = engine.save("busybox:latest")
+    hello, busybox = engine.save("hello:latest"), engine.save("busybox:latest")
     engine.docker("tag", "hello:latest", "moving/exp:1")
     path = mount / "moving/exp:1/export.tar"
     try:
         wait_for(path.exists, timeout=1.0)
         first = os.open(path, os.O_RDONLY)
         try:
-            assert len(os.pread(first, 1 << 20, 0)) == os.fstat(first).st_size > 0
+            size = os.fstat(first).st_size
+            old = os.pread(first, size + 1, 0)
+            assert len(old) == size > 0
             engine.docker("tag", "busybox:latest", "moving/exp:1")
             wait_for(lambda: "busybox" in (mount / "moving/exp:1/inspect").read_text(), timeout=1.0)
-            # While one reader holds the old export, everyone sees it whole: size and bytes agree.
-            second = path.read_bytes()
-            assert len(second) == os.stat(path).st_size == os.fstat(first).st_size
-            assert second == os.pread(first, len(second) + 1, 0)
+            # The name leads to the other image's export, whole, with its own size ...
+            now = path.read_bytes()
+            assert len(now) == os.stat(path).st_size and len(now) > len(busybox) // 2 and now != old
+            # ... while the open file reads on what it opened, whole, with the size it had.
+            assert os.fstat(first).st_size == size and os.pread(first, size + 1, 0) == old
+            assert len(old) > len(hello) // 2 and len(old) < len(busybox) // 2
         finally:
             os.close(first)
-        wait_for(lambda: os.stat(path).st_size != len(second), timeout=2.0)  # release(2) is asynchronous
-        now = path.read_bytes()
-        assert len(now) == os.stat(path).st_size and now != second and len(now) > len(busybox) // 2
     finally:
         engine.docker("rmi", "moving/exp:1")
 

@@ -16,21 +16,23 @@ import pytest
 import trio
 from conftest import Engine
 
-from imagefs import daemon, nodes
+from imagefs import daemon
 from imagefs.engine import EngineConfig
+from imagefs.nodes.base import Handle
+from imagefs.nodes.documents import DocumentFile
 
 
 def test_a_bug_in_a_handler_is_eio_and_the_mount_lives_on(
     engine: Engine, tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    original = nodes.DocumentFile.open
+    original = DocumentFile.open
 
-    async def buggy_open(self: nodes.DocumentFile) -> nodes.Handle:
-        if self.kind == "history":
+    async def buggy_open(self: DocumentFile, flags: int) -> Handle:
+        if self.path[-1] == "history":
             raise RuntimeError("injected bug")
-        return await original(self)
+        return await original(self, flags)
 
-    monkeypatch.setattr(nodes.DocumentFile, "open", buggy_open)
+    monkeypatch.setattr(DocumentFile, "open", buggy_open)
     mnt = tmp / "mnt"
     mnt.mkdir()
     options = daemon.MountOptions(mountpoint=mnt, engine=EngineConfig(host=engine.host), cache_dir=tmp / "cache")

@@ -1,0 +1,279 @@
+"""The pyfuse3 handlers: inodes for nodes, handles for open files, errnos for errors.
+
+It translates and holds no Docker knowledge: nodes come from `nodes.Tree`,
+errnos from `errors.errno_for`. pyfuse3 lets any exception but `FUSEError`
+kill the mount, so every handler runs under `_guard`.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat as st
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from ..errors import EngineError, ImagefsError, errno_for
+from ..nodes.base import Dir, File, Handle, Node, Stat
+from ..nodes.tree import Invalidation, Tree
+from .inodes import Inodes
+from .kernel import Kernel
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+
+
+def _guard(fn: Callable[Concatenate[Operations, P], Awaitable[T]]) -> Callable[Concatenate[Operations, P],
+                                                                               Coroutine[Any, Any, T]]:
+    """Known failures become their errno; anything else is a bug: logged with its traceback, EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: P.args, **kwargs: P.kwargs) -> T:
+        log.debug("%s%r", fn.__name__, args)
+        try:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except ImagefsError as exc:
+            level = logging.WARNING if isinstance(exc, EngineError) or errno_for(exc) == errno.EIO else logging.INFO
+            log.log(level, "%s: %s: %s", fn.__name__, type(exc).__name__, exc)
+            raise pyfuse3.FUSEError(errno_for(exc)) from None
+        except Exception:
+            log.exception("unexpected error in %s%r", fn.__name__, args)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class OpenDir:
+    ino: int
+    entries: list[tuple[str, Node]]
+
+
+@dataclass
+class Operations(pyfuse3.Operations):
+    tree: Tree
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self.inodes = Inodes(self.tree.root)
+        self.kernel = Kernel(self.inodes)
+        self.handles: dict[int, Handle | OpenDir] = {}
+        self._next_fh = 1
+        self._versions: dict[int, object] = {}  # inode -> the content version its cached pages hold
+        self.initialized = trio.Event()  # the kernel's INIT has been answered
+
+    def init(self) -> None:
+        self.initialized.set()
+
+    # --- attributes -----------------------------------------------------------------------
+
+    def _attributes(self, ino: int, s: Stat) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        attr.st_mode = s.mode
+        attr.st_nlink = s.nlink if s.nlink is not None else 2 if st.S_ISDIR(s.mode) else 1
+        attr.st_size = s.size
+        attr.st_uid = self.uid if s.uid is None else s.uid
+        attr.st_gid = self.gid if s.gid is None else s.gid
+        attr.st_rdev = s.rdev
+        attr.st_blksize = 128 * 1024
+        attr.st_blocks = (s.size + 511) // 512
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = s.mtime * 1_000_000_000
+        ttl = self.tree.entry_ttl
+        attr.entry_timeout = ttl
+        attr.attr_timeout = 0 if s.volatile else ttl
+        return attr
+
+    async def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        """A node handed to the kernel: its inode and the attributes that never wait."""
+        return self._attributes(self.inodes.add(node), await node.listing_stat())
+
+    def _dir(self, ino: int) -> Dir:
+        node = self.inodes.node(ino)
+        if not isinstance(node, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return node
+
+    def _handle(self, fh: int) -> Handle:
+        handle = self.handles[fh]
+        assert isinstance(handle, Handle)
+        return handle
+
+    def _new_fh(self, handle: Handle | OpenDir) -> int:
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        self.handles[fh] = handle
+        return fh
+
+    # --- lookups --------------------------------------------------------------------------
+
+    @_guard
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if name in (b".", b".."):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        child = await self._dir(parent_inode).lookup(os.fsdecode(name))
+        if child is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        # Never waits (an export's size): the kernel holds the directory's lock until this is answered.
+        attr = await self._entry(child)
+        self.inodes.remember(attr.st_ino, parent_inode, os.fsdecode(name))
+        return attr
+
+    @_guard
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attributes(inode, await self.inodes.node(inode).stat())
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            if self.inodes.forget(ino, n):
+                self._versions.pop(ino, None)
+
+    @_guard
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.inodes.node(inode).readlink()
+
+    @_guard
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        value = (await self.inodes.node(inode).xattrs()).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
+
+    @_guard
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return list(await self.inodes.node(inode).xattrs())
+
+    # --- directories ----------------------------------------------------------------------
+
+    @_guard
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        # The listing is taken once, here: readdir offsets then index a list that cannot shift.
+        return self._new_fh(OpenDir(inode, await self._dir(inode).entries()))
+
+    @_guard
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self.handles[fh]
+        assert isinstance(listing, OpenDir)
+        for i in range(start_id, len(listing.entries)):
+            name, node = listing.entries[i]
+            attr = await self._entry(node)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
+                break
+            self.inodes.remember(attr.st_ino, listing.ino, name)  # readdirplus counts as a lookup
+
+    @_guard
+    async def releasedir(self, fh: int) -> None:
+        self.handles.pop(fh, None)
+
+    # --- files ----------------------------------------------------------------------------
+
+    @_guard
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.inodes.node(inode)
+        if not isinstance(node, File):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & WRITE_FLAGS and not node.writable:
+            raise pyfuse3.FUSEError(errno.EROFS if self.tree.read_only else errno.EACCES)
+        return self._file_info(inode, await node.open(flags))
+
+    def _file_info(self, inode: int, handle: Handle) -> pyfuse3.FileInfo:
+        keep = handle.cacheable and self._versions.get(inode) == handle.version
+        if handle.cacheable:
+            self._versions[inode] = handle.version
+        return pyfuse3.FileInfo(fh=self._new_fh(handle), direct_io=not handle.cacheable, keep_cache=keep)
+
+    @_guard
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if self.tree.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node, handle = await self._dir(parent_inode).create(os.fsdecode(name), flags)
+        attr = await self._entry(node)
+        self.inodes.remember(attr.st_ino, parent_inode, os.fsdecode(name))
+        return self._file_info(attr.st_ino, handle), attr
+
+    @_guard
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._handle(fh).read(off, size)  # type: ignore[return-value]  # pyfuse3 takes buffers
+
+    @_guard
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._handle(fh).write(off, buf)
+
+    @_guard
+    async def flush(self, fh: int) -> None:
+        await self._handle(fh).flush()
+
+    @_guard
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if isinstance(handle, Handle):
+            await handle.release()
+
+    @_guard
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.inodes.node(inode)
+        # Truncating a writable file to 0 is how `echo cmd > file` may begin; nothing else changes.
+        only_truncate = fields.update_size and attr.st_size == 0 and not (
+            fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime)
+        if not (only_truncate and isinstance(node, File) and node.writable):
+            self._refuse()
+        return self._attributes(inode, await node.stat())
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_namemax = 255
+        return data
+
+    # --- nothing else changes anything ----------------------------------------------------
+
+    def _refuse(self) -> NoReturn:
+        raise pyfuse3.FUSEError(errno.EROFS if self.tree.read_only else errno.EPERM)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._refuse()
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._refuse()
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._refuse()
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._refuse()
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._refuse()
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._refuse()
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._refuse()
+
+    # --- coherence ------------------------------------------------------------------------
+
+    async def on_change(self, what: Invalidation | None, settle: bool = False) -> None:
+        """Have the kernel forget what changed (None: everything); with `settle`, wait until it has."""
+        done = self.kernel.invalidate_soon(what)
+        if settle:
+            await done.wait()

@@ -1,0 +1,66 @@
+"""Control files: a write is a command (imagefs.controls), a read its usage and last outcome."""
+
+from __future__ import annotations
+
+import stat as st
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from .. import controls
+from ..errors import ReadOnly
+from ..references import TreePath
+from .base import Context, File, Handle, Stat
+
+
+@dataclass
+class ControlFile(File):
+    ctx: Context
+    path: TreePath
+    command: controls.Command
+    target: str  # the reference or ID the command is about ("" for engine-wide commands)
+    image_id: str | None
+    mtime: int
+
+    @property
+    def key(self) -> Hashable:
+        return ("control", self.path, self.image_id)
+
+    @property
+    def writable(self) -> bool:
+        return not self.ctx.read_only
+
+    def content(self) -> bytes:
+        last = self.ctx.outcomes.get(self.path)
+        return (f"usage: {self.command.usage}\n" + (f"last: {last}\n" if last else "")).encode()
+
+    async def stat(self) -> Stat:
+        return Stat(st.S_IFREG | 0o600, len(self.content()), self.mtime, volatile=True)
+
+    async def open(self, flags: int) -> Handle:
+        return ControlHandle(self)
+
+    async def run(self, data: bytes) -> None:
+        if self.ctx.read_only:
+            raise ReadOnly("mounted read-only")
+        try:
+            params = self.command.parse(controls.decode(data))
+            outcome = await self.command.run(self.ctx.catalog.engine, self.target, params)
+        except Exception as exc:
+            self.ctx.outcomes[self.path] = f"error: {getattr(exc, 'message', None) or exc}"
+            raise
+        self.ctx.outcomes[self.path] = outcome
+        await self.ctx.catalog.refresh(settle=True)
+
+
+@dataclass
+class ControlHandle(Handle):
+    node: ControlFile
+    cacheable = False
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return self.node.content()[offset : offset + size]
+
+    async def write(self, offset: int, data: bytes) -> int:
+        """One write is one command, wherever it lands (`echo` writes at 0, a second echo at its end)."""
+        await self.node.run(data)
+        return len(data)

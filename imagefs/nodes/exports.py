@@ -1,0 +1,93 @@
+"""`export.tar` and `.imagefs/all.tar`: spool states as the attributes GNU tar, cp and sendfile need.
+
+They copy exactly `st_size` bytes and the engine sends no length, so a size is
+reported only when it is exact: the size of a complete or stored spool; a
+remembered size, volatile until an export proves it; or, while an export runs,
+the final size, which a `stat` waits for. Before any of these: 0 with mode 0440,
+which GNU tar opens and stats again rather than storing empty (it skips only
+0-byte files everyone may read). A lookup or listing never waits.
+"""
+
+from __future__ import annotations
+
+import stat as st
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from ..references import TreePath
+from ..spool.export import Content, Export, State
+from ..spool.exports import Exports
+from .base import Context, File, Handle, Stat
+
+UNKNOWN = Stat(st.S_IFREG | 0o440, 0, 0, volatile=True)
+
+
+async def export_stat(export: Export, mtime: int, wait: bool) -> Stat:
+    """Only ever an exact size (or the 0 that sends a reader back to stat)."""
+    exact = Stat(st.S_IFREG | 0o444, export.size, mtime)
+    if export.state is State.FAILED:
+        if wait and export.error is not None:
+            raise export.error
+        return Stat(UNKNOWN.mode, 0, mtime, volatile=True)  # the volatile 0 sends a reader to stat, which fails
+    if export.state is State.COMPLETE:
+        return exact
+    if export.state is State.IDLE and export.stored is not None:
+        return Stat(st.S_IFREG | 0o444, export.stored, mtime)
+    if export.expected is not None:
+        # Unproven until an export is verified: reads check it before their end-of-file (ExportHandle).
+        return Stat(st.S_IFREG | 0o444, export.expected, mtime, volatile=True)
+    if export.state is State.RUNNING and wait:
+        await export.done.wait()
+        return await export_stat(export, mtime, wait)
+    return Stat(UNKNOWN.mode, 0, mtime, volatile=True)
+
+
+@dataclass
+class ExportFile(File):
+    """ImageGet of one content: these images under these references, spooled once, shared by all readers."""
+
+    ctx: Context
+    path: TreePath
+    content: Content
+    mtime: int
+
+    @property
+    def key(self) -> Hashable:
+        return ("export", self.path, self.content.key)
+
+    async def stat(self) -> Stat:
+        return await export_stat(self.ctx.exports.current(self.content), self.mtime, wait=True)
+
+    async def listing_stat(self) -> Stat:
+        return await export_stat(self.ctx.exports.current(self.content), self.mtime, wait=False)
+
+    async def open(self, flags: int) -> Handle:
+        return ExportHandle(self.ctx.exports, await self.ctx.exports.open(self.content))
+
+
+@dataclass
+class ExportHandle(Handle):
+    """Served through the page cache even while the export grows: the kernel's reads past the size
+    it knows ask getattr first, which waits for the exact size; readers of one export share pages."""
+
+    exports: Exports
+    export: Export
+
+    async def read(self, offset: int, size: int) -> memoryview:
+        export = self.export
+        while export.state in (State.IDLE, State.RUNNING) and export.size < offset + size:
+            await export.progress.wait()
+        if export.state is not State.COMPLETE and export.expected is not None and offset + size >= export.expected:
+            # This read reaches the end the kernel was told (a remembered size): the reader must
+            # not see end-of-file before the export is verified to have exactly that length.
+            await export.done.wait()
+        if export.error is not None:
+            raise export.error
+        return await self.exports.read(export, max(0, min(size, export.size - offset)), offset)
+
+    async def release(self) -> None:
+        await self.exports.release(self.export)
+
+    @property
+    def version(self) -> object:
+        return self.export  # another export of the same content starts with an empty page cache
