@@ -28,6 +28,7 @@ from .fuse.operations import Operations
 from .nodes.base import Context
 from .nodes.tree import Tree, affected
 from .spool.exports import Exports
+from .spool.sizes import Sizes
 from .spool.store import Store, UnsafeCache
 
 log = logging.getLogger(__name__)
@@ -79,15 +80,14 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         engine = Engine(options.engine)
         stack.push_async_callback(engine.aclose)
         version = await _reach(engine, options)
-        store = _open_store(options.cache_dir)
+        store, sizes = _open_store(options.cache_dir)
         stack.callback(store.close)
         catalog = Catalog(engine, fallback_ttl=options.fallback_ttl, live_ttl=options.live_ttl,
                           cache_ttl=options.cache_ttl, cache_entries=options.cache_entries)
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
         identity = f"{options.engine.host} {version.get('Version', '?')}"
-        exports = Exports(engine, store, options.cache_size, identity, nursery)
-        exports.sizes.load()
+        exports = Exports(engine, store, sizes, options.cache_size, identity, nursery)
         stack.callback(exports.close)  # after the nursery's end: no export task still writes
         tree = Tree(Context(catalog, exports, options.read_only))
         ops = Operations(tree)
@@ -123,15 +123,20 @@ async def _reach(engine: Engine, options: MountOptions) -> dict[str, Any]:
         raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
 
 
-def _open_store(cache_dir: Path) -> Store:
+def _open_store(cache_dir: Path) -> tuple[Store, Sizes]:
+    """The cache directory, checked, and the sizes it remembers (blocking: before the mount serves)."""
     store = Store(cache_dir)
+    sizes = Sizes(store)
     try:
         store.open()
+        sizes.load()
     except UnsafeCache as exc:
+        store.close()
         raise MountError(f"cache directory refused: {exc}") from exc
     except OSError as exc:
-        raise MountError(f"cache directory {cache_dir}: {exc.strerror}") from exc
-    return store
+        store.close()
+        raise MountError(f"cache directory {cache_dir}: {exc.strerror or exc}") from exc
+    return store, sizes
 
 
 async def _raise_readahead(initialized: trio.Event, mountpoint: Path, kib: int = READAHEAD_KIB) -> None:

@@ -184,7 +184,7 @@ class Mount:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def mount_imagefs(engine: Engine, base: Path, *args: str) -> Mount:
+def mount_imagefs(engine: Engine, base: Path, *args: str, expect: list[str] | None = None) -> Mount:
     mnt, cache = base / "mnt", base / "cache"
     mnt.mkdir(exist_ok=True)
     log = base / "imagefs.log"

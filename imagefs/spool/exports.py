@@ -29,7 +29,7 @@ from ..errors import Closing, ExportBroken, ImagefsError, SpoolError
 from .export import Content, Export, State
 from .reader import Reader
 from .sizes import Sizes
-from .store import Store, spool_name
+from .store import Store, UnsafeCache, spool_name
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,11 @@ _IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class Exports:
-    def __init__(self, engine: Engine, store: Store, cache_size: int, identity: str, nursery: trio.Nursery) -> None:
+    def __init__(self, engine: Engine, store: Store, sizes: Sizes, cache_size: int, identity: str,
+                 nursery: trio.Nursery) -> None:
         self.engine = engine
         self.store = store
-        self.sizes = Sizes(store)
+        self.sizes = sizes
         self.cache_size = cache_size
         # Spools and sizes are kept per engine: another engine (version) may save an image differently.
         self.identity = identity
@@ -127,6 +128,9 @@ class Exports:
             with export.stopper:
                 await self._spool(export)
                 await self._verify(export)
+            if export.stopper.cancelled_caught:
+                raise Closing(f"export of {names} aborted: the mount is closing")
+            await self._publish(export)
         except ImagefsError as exc:
             await self._fail(export, exc)
         except OSError as exc:
@@ -138,11 +142,6 @@ class Exports:
             self._end_failed(export, Closing(f"export of {names} cancelled: the mount is closing"))
             _discard(self.store, export)
             raise
-        else:
-            if export.stopper.cancelled_caught:
-                await self._fail(export, Closing(f"export of {names} aborted: the mount is closing"))
-            else:
-                await self._publish(export)
 
     async def _spool(self, export: Export) -> None:
         export.part, export.fd = await trio.to_thread.run_sync(self.store.create_part, export.name)
@@ -168,11 +167,12 @@ class Exports:
             raise ExportBroken(f"export of {names} is {export.size} bytes, {export.expected} before")
 
     async def _publish(self, export: Export) -> None:
-        part, export.part = export.part, None
-        assert part is not None
+        assert export.part is not None
         try:
-            await trio.to_thread.run_sync(self.store.publish, part, export.name, export.size, trio.current_time())
-        except OSError as exc:  # served all the same; only the next mount exports again
+            await trio.to_thread.run_sync(self.store.publish, export.part, export.name, export.size,
+                                          trio.current_time())
+            export.part = None
+        except OSError as exc:  # served all the same (its part goes at close); the next mount exports again
             log.warning("export of %s not kept in %s: %s", export.key, self.store.path, exc.strerror)
         export.complete()
         log.info("export of %s: complete, %d bytes", " ".join(export.content.names), export.size)
@@ -183,12 +183,12 @@ class Exports:
     async def _save_sizes(self) -> None:
         try:
             await self.sizes.save()
-        except OSError as exc:  # the sizes only spare a later export's first wait
-            log.warning("cannot save export sizes in %s: %s", self.store.path, exc.strerror)
+        except (OSError, UnsafeCache) as exc:  # the sizes only spare a later export's first wait
+            log.warning("cannot save export sizes in %s: %s", self.store.path, exc)
 
     async def _fail(self, export: Export, exc: ImagefsError) -> None:
         self._end_failed(export, exc)
-        await trio.to_thread.run_sync(_discard, self.store, export)
+        await trio.to_thread.run_sync(_discard, self.store, export)  # now: the space is free for the next one
         if export.readers == 0:
             await self._close(export)
 
@@ -204,6 +204,7 @@ class Exports:
     async def _close(self, export: Export) -> None:
         """Its descriptor goes once nobody reads it (a view of its mapping keeps the mapping alive)."""
         self.reader.forget(export)
+        await trio.to_thread.run_sync(_discard, self.store, export)
         fd, export.fd = export.fd, -1
         if fd >= 0:
             await trio.to_thread.run_sync(os.close, fd)  # the last close of a big unlinked file frees it
@@ -233,6 +234,7 @@ class Exports:
             export.stopper.cancel()
 
     def close(self) -> None:
+        """At the mount's end (blocking): every descriptor, and every spool that is not complete."""
         for export in [*self._active.values(), *self._held.values()]:
             _discard(self.store, export)
             self.reader.forget(export)

@@ -166,6 +166,10 @@ class Store:
             fd = os.open(name, os.O_RDONLY | NOFOLLOW, dir_fd=self.dir_fd)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeCache(f"{self.path}/{name} is a symbolic link") from None
+            raise
         try:
             self._check(os.fstat(fd), f"{self.path}/{name}")
             return os.read(fd, limit)
