@@ -633,10 +633,10 @@ def write_random(path: Path, mib: int) -> None:
 
 
 def find_spool(cache_dir: Path, size: int) -> Path:
-    candidates = [p for p in cache_dir.glob("spool-*/*") if p.is_file() and p.stat().st_size == size]
+    candidates = [p for p in cache_dir.glob("spool/*.tar") if p.is_file() and p.stat().st_size == size]
     if len(candidates) != 1:
-        found = sorted((p.name, p.stat().st_size) for p in cache_dir.glob("spool-*/*"))
-        raise RuntimeError(f"expected one spool file of {size} bytes under {cache_dir}/spool-*/, found {found}")
+        found = sorted((p.name, p.stat().st_size) for p in cache_dir.glob("spool/*.tar"))
+        raise RuntimeError(f"expected one spool file of {size} bytes under {cache_dir}/spool/, found {found}")
     return candidates[0]
 
 

@@ -19,7 +19,7 @@ from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from ..errors import EngineError, ImagefsError, errno_for
+from ..errors import EngineError, ImagefsError, SpoolError, errno_for
 from ..nodes.base import Dir, File, Handle, Node, Stat
 from ..nodes.tree import Invalidation, Tree
 from .inodes import Inodes
@@ -44,7 +44,7 @@ def _guard(fn: Callable[Concatenate[Operations, P], Awaitable[T]]) -> Callable[C
         except pyfuse3.FUSEError:
             raise
         except ImagefsError as exc:
-            level = logging.WARNING if isinstance(exc, EngineError) or errno_for(exc) == errno.EIO else logging.INFO
+            level = logging.WARNING if isinstance(exc, EngineError | SpoolError) or errno_for(exc) == errno.EIO else logging.INFO
             log.log(level, "%s: %s: %s", fn.__name__, type(exc).__name__, exc)
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except Exception:
