@@ -44,8 +44,8 @@ def _guard(fn: Callable[Concatenate[Operations, P], Awaitable[T]]) -> Callable[C
         except pyfuse3.FUSEError:
             raise
         except ImagefsError as exc:
-            level = logging.WARNING if isinstance(exc, EngineError | SpoolError) or errno_for(exc) == errno.EIO else logging.INFO
-            log.log(level, "%s: %s: %s", fn.__name__, type(exc).__name__, exc)
+            failed = isinstance(exc, EngineError | SpoolError) or errno_for(exc) == errno.EIO
+            log.log(logging.WARNING if failed else logging.INFO, "%s: %s: %s", fn.__name__, type(exc).__name__, exc)
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except Exception:
             log.exception("unexpected error in %s%r", fn.__name__, args)
