@@ -38,6 +38,7 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
     offset = 0
     kept: dict[str, bytes] = {}
     pax: dict[str, str] = {}  # the extended header's records, for the member after it
+    longname: str | None = None
     while True:
         if offset + BLOCK > size:
             return Walk(f"the stream ends at byte {size}, inside the archive (a header was due at {offset})")
@@ -51,8 +52,8 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
         if length is None:
             return Walk(f"the header at byte {offset} has no readable size")
         kind = header[156]
-        name = pax.get("path") or _name(header)
-        pax = {}
+        name = pax.get("path") or longname or _name(header)
+        pax, longname = {}, None
         if kind in HEADER_ONLY:
             length = 0
         elif kind == ord("x"):
@@ -62,14 +63,13 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
             if records is None or ("size" in records and _pax_size(records["size"]) is None):
                 return Walk(f"the extended header at byte {offset} is malformed")
             pax = records
+        elif kind == ord("L"):  # GNU's long name, for the member after it
+            if length > MAX_PAX or offset + BLOCK + length > size:
+                return Walk(f"the long name at byte {offset} is cut or too long ({length} bytes)")
+            longname = read(offset + BLOCK, length).split(b"\0", 1)[0].decode("utf-8", "replace")
         elif name in keep and kind in (0, ord("0")) and length <= MAX_KEPT and offset + BLOCK + length <= size:
             kept[name] = read(offset + BLOCK, length)
         offset += BLOCK + -(-length // BLOCK) * BLOCK
-
-
-def whole(read: Read, size: int) -> str | None:
-    """None if the `size` bytes that `read(offset, n)` returns are one whole archive, else what is wrong."""
-    return walk(read, size).problem
 
 
 def _name(header: bytes) -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from imagefs.spool.export import Content
+from imagefs.spool.exports import _manifest_problem
 from imagefs.spool.sizes import MAX_SIZES, Sizes
 from imagefs.spool.store import Store, UnsafeCache, spool_name
 
@@ -140,3 +142,22 @@ def test_sizes_are_bounded_newest_last(tmp_path: Path) -> None:
         assert len(kept) == MAX_SIZES and "k0" not in kept and f"k{MAX_SIZES + 4}" in kept
     finally:
         store.close()
+
+
+A, B = "a" * 64, "b" * 64
+
+
+@pytest.mark.parametrize(("manifest", "images", "right"), [
+    ([{"Config": f"{A}.json", "RepoTags": ["x:1"]}], (("x:1", A),), True),
+    ([{"Config": f"blobs/sha256/{A}", "RepoTags": ["x:1"]}], (("x:1", A),), True),  # Docker 25+'s OCI layout
+    ([{"Config": f"{A}.json", "RepoTags": None}], ((A, A),), True),  # by ID: no tags
+    ([{"Config": f"{B}.json", "RepoTags": ["x:1"]}], (("x:1", A),), False),  # the tag moved meanwhile
+    ([{"Config": f"{A}.json", "RepoTags": ["x:1"]}, {"Config": f"{B}.json", "RepoTags": ["y:1"]}],
+     (("x:1", A), ("y:1", B)), True),
+    ([{"Config": f"{A}.json", "RepoTags": ["x:1", "y:1"]}], (("x:1", A), ("y:1", B)), False),
+    ("not a list", (("x:1", A),), False),
+])
+def test_an_export_must_hold_the_images_it_was_asked_for(manifest: object, images: tuple, right: bool) -> None:
+    content = Content("k", "/images/get", (), images)
+    problem = _manifest_problem(json.dumps(manifest).encode(), content)
+    assert (problem is None) == right, problem

@@ -14,7 +14,7 @@ from imagefs import tarcheck
 
 
 def check(data: bytes) -> str | None:
-    return tarcheck.whole(lambda offset, n: data[offset : offset + n], len(data))
+    return tarcheck.walk(lambda offset, n: data[offset : offset + n], len(data)).problem
 
 
 def build(members: list[tuple[str, str, int]], fmt: int, seed: int) -> tuple[bytes, list[int], int]:
@@ -127,3 +127,19 @@ def test_extended_records_are_read_by_their_lengths() -> None:
     assert tarcheck._pax_records(b"13 size=1500\n10 path=x\n") == {"size": "1500", "path": "x"}
     for bad in [b"12 size=1500\n", b"x size=1\n", b"5 a=b\n", b"9 nokey\n", b"99 size=1\n"]:
         assert tarcheck._pax_records(bad) is None, bad
+
+
+@settings(max_examples=50, deadline=None)
+@given(stg.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]),
+       stg.sampled_from(["manifest.json", "d/" * 60 + "manifest.json", "ü/manifest.json"]))
+def test_kept_members_are_found_by_their_whole_name(fmt: int, name: str) -> None:
+    out = io.BytesIO()
+    body = json.dumps([{"Config": "a" * 64 + ".json"}]).encode()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as archive:
+        for member, data in (("layer.tar", bytes(3000)), (name, body)):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    data = out.getvalue()
+    walk = tarcheck.walk(lambda offset, n: data[offset : offset + n], len(data), frozenset({name}))
+    assert walk.problem is None and walk.kept == {name: body}
