@@ -1,11 +1,13 @@
-"""The export streams' HTTP reader: chunk framing, sized and closed bodies, broken streams.
+"""The export streams' I/O: bodies received into buffers or spliced, heads, timeouts, cancellations.
 
-The bytes come through a real socket pair from a thread that sends them in
-arbitrary fragments; the engine's own streams are tested in test_exports.py.
+The bytes come through a real socket pair from a thread that sends them in arbitrary
+fragments; the framing alone is tested in test_framing_unit.py, the engine's own streams in
+test_exports.py.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -23,10 +25,10 @@ from conftest import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as stg
 
-from imagefs import bulkget
-from imagefs.bulkget import MAX_HEAD, MIN_RECV, Body, _Connection, _read_head
-from imagefs.engine import Engine, EngineConfig
-from imagefs.errors import BrokenAnswer, EngineTimeout, EngineUnreachable, NoSuchImage
+from imagefs.engine import Engine, EngineConfig, bulkget
+from imagefs.engine.bulkget import MIN_RECV, Body, _Connection, _read_head
+from imagefs.engine.framing import MAX_HEAD, Decoder
+from imagefs.errors import BrokenAnswer, EngineTimeout, EngineUnreachable, ImagefsError, NoSuchImage
 
 SMALLEST = MIN_RECV + MAX_HEAD
 
@@ -57,7 +59,7 @@ def peer(fragments: list[bytes], close: bool = True) -> Iterator[socket.socket]:
 def make_body(sock: socket.socket, headers: dict[str, str], rest: bytes = b"") -> Body:
     conn = _Connection()
     conn.sock = sock
-    return Body(conn, trio.CapacityLimiter(1), "GET /test", 200, headers, rest)
+    return Body(conn, trio.CapacityLimiter(1), 200, Decoder(headers, "GET /test"), rest)
 
 
 def read_body(sock: socket.socket, headers: dict[str, str], rest: bytes = b"", size: int = SMALLEST) -> bytes:
@@ -120,11 +122,7 @@ def test_sized_and_closed_bodies(payload: bytes, cuts: list[int]) -> None:
     ("wire", "error"),
     [
         (b"10\r\n0123456789abcdef\r\n", EngineUnreachable),  # closed before the terminal chunk
-        (b"10\r\n01234567", EngineUnreachable),  # closed inside a chunk
-        (b"zz\r\nxx\r\n0\r\n\r\n", BrokenAnswer),
-        (b"-1\r\nx\r\n0\r\n\r\n", BrokenAnswer),
         (b"2\r\nabc\r\n0\r\n\r\n", BrokenAnswer),  # more data than the chunk size said
-        (b"1" * 2000 + b"\r\n", BrokenAnswer),  # a size line that never ends
     ],
 )
 def test_broken_chunked_streams_fail(wire: bytes, error: type[Exception]) -> None:
@@ -135,11 +133,6 @@ def test_broken_chunked_streams_fail(wire: bytes, error: type[Exception]) -> Non
 def test_a_short_sized_body_fails() -> None:
     with peer([b"abc"]) as sock, pytest.raises(EngineUnreachable, match="3 bytes into the body"):
         read_body(sock, {"content-length": "10"})
-
-
-def test_unknown_transfer_encodings_are_refused() -> None:
-    with peer([]) as sock, pytest.raises(BrokenAnswer, match="gzip"):
-        make_body(sock, {"transfer-encoding": "gzip"})
 
 
 def serve_once(path: Path, answer: bytes, then_wait: threading.Event | None = None,
@@ -203,7 +196,7 @@ def test_pump_hands_over_every_buffer_in_order(tmp_path: Path) -> None:
                 ended.set()
 
         async with engine.bulk_get("/images/x/get", []) as body:
-            await body.pump(buffers, deliver)
+            await body._pump(buffers, deliver)
         assert ended.is_set()
 
     trio.run(export)
@@ -221,7 +214,7 @@ def test_a_silent_engine_times_out(tmp_path: Path) -> None:
 
     async def export() -> None:
         async with engine.bulk_get("/images/x/get", []) as body:
-            await body.pump(buffers, lambda buffer, data: None)
+            await body._pump(buffers, lambda buffer, data: None)
 
     try:
         with pytest.raises(EngineTimeout):
@@ -238,31 +231,19 @@ def test_a_buffer_of_nothing_but_framing() -> None:
         assert read_body(sock, {"transfer-encoding": "chunked"}) == b"abc"
 
 
-@pytest.mark.parametrize("length", ["x", "-1", "5, 5", "²"])
-def test_a_bad_content_length_is_refused(length: str) -> None:
-    with peer([]) as sock, pytest.raises(BrokenAnswer, match="Content-Length"):
-        make_body(sock, {"content-length": length})
-
-
 def test_headers_arrive_in_pieces() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhe"
     with peer([head[i : i + 7] for i in range(0, len(head), 7)]) as sock:
-        status, headers, rest = _read_head(sock, "GET /x")
-    assert status == 200 and headers["transfer-encoding"] == "chunked" and rest == b"5\r\nhe"
+        assert _read_head(sock, "GET /x") == (head[: head.index(b"\r\n\r\n")], b"5\r\nhe")
 
 
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"HTTP/2 200 OK\r\n\r\n",
-        b"HTTP/1.1 abc OK\r\n\r\n",
-        b"HTTP/1.1 100 Continue\r\n\r\n",  # never asked for: not the answer
-        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n",
-    ],
-)
-def test_bad_heads_are_refused(head: bytes) -> None:
-    with peer([head]) as sock, pytest.raises(BrokenAnswer):
+def test_a_head_too_long_is_refused() -> None:
+    with peer([b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n"]) as sock, pytest.raises(BrokenAnswer):
+        _read_head(sock, "GET /x")
+
+
+def test_a_head_cut_short_is_unreachable() -> None:
+    with peer([b"HTTP/1.1 200 OK\r\n"]) as sock, pytest.raises(EngineUnreachable, match="before answering"):
         _read_head(sock, "GET /x")
 
 
@@ -294,7 +275,7 @@ def test_a_cancelled_pump_leaves_no_thread_on_the_socket(tmp_path: Path, monkeyp
     async def export() -> None:
         with trio.move_on_after(0.3):
             async with engine.bulk_get("/images/x/get", []) as body:
-                await body.pump(buffers, lambda buffer, data: None)
+                await body._pump(buffers, lambda buffer, data: None)
 
     try:
         trio.run(export)
@@ -338,7 +319,7 @@ def splice_body(sock: socket.socket, headers: dict[str, str], rest: bytes = b"")
     fd = os.memfd_create("spool")
     reported: list[int] = []
     try:
-        trio.run(body.splice_into, fd, reported.append)
+        trio.run(body._splice_into, fd, reported.append)
         return os.pread(fd, 1 << 30, 0), sum(reported)
     finally:
         os.close(fd)
@@ -367,12 +348,44 @@ def test_a_short_sized_body_fails_when_spliced() -> None:
         splice_body(sock, {"content-length": "10"})
 
 
-def test_a_chunked_body_is_not_spliced() -> None:
+def test_only_a_plain_body_is_spliced() -> None:
     with peer([]) as sock:
-        body = make_body(sock, {"transfer-encoding": "chunked"})
-        assert not body.spliceable
-        with pytest.raises(ValueError, match="cannot be spliced"):
-            trio.run(body.splice_into, 0, print)
+        assert make_body(sock, {"content-length": "1"})._spliceable
+        assert not make_body(sock, {"transfer-encoding": "chunked"})._spliceable
+
+
+def test_a_chunked_body_is_written_through_buffers(tmp_path: Path) -> None:
+    payload = os.urandom(2 * SMALLEST + 999)
+    thread = serve_once(tmp_path / "d.sock", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        + chunked(payload, [70_000, 3]))
+    engine = Engine(EngineConfig(host=f"unix://{tmp_path / 'd.sock'}"), api_path="/v1.41")
+    fd = os.memfd_create("spool")
+    reported: list[int] = []
+
+    async def export() -> None:
+        async with engine.bulk_get("/images/x/get", []) as body:
+            await body.write_into(fd, reported.append)
+
+    try:
+        trio.run(export)
+        assert os.pread(fd, len(payload) + 1, 0) == payload and sum(reported) == len(payload)
+    finally:
+        os.close(fd)
+        thread.join()
+
+
+@pytest.mark.parametrize("chunks", [False, True])
+def test_the_spools_own_failures_stay_oserrors(chunks: bool) -> None:
+    # A full spool disk is the spool's ENOSPC, not an engine failure (spliced, or through buffers).
+    wire = chunked(b"abcdef", [2]) if chunks else b"abcdef"
+    headers = {"transfer-encoding": "chunked"} if chunks else {"content-length": "6"}
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with peer([wire[3:]], close=False) as sock, pytest.raises(OSError) as info:
+            trio.run(make_body(sock, headers, wire[:3]).write_into, fd, lambda n: None)
+    finally:
+        os.close(fd)
+    assert info.value.errno == errno.ENOSPC and not isinstance(info.value, ImagefsError)
 
 
 def test_the_request_is_http_1_0_and_its_body_is_spliced(tmp_path: Path) -> None:
@@ -385,8 +398,8 @@ def test_the_request_is_http_1_0_and_its_body_is_spliced(tmp_path: Path) -> None
 
     async def export() -> None:
         async with engine.bulk_get("/images/x/get", []) as body:
-            assert body.spliceable
-            await body.splice_into(fd, lambda n: None)
+            assert body._spliceable
+            await body.write_into(fd, lambda n: None)
 
     try:
         trio.run(export)
@@ -406,7 +419,7 @@ def test_a_silent_engine_times_out_when_spliced(tmp_path: Path) -> None:
 
     async def export() -> None:
         async with engine.bulk_get("/images/x/get", []) as body:
-            await body.splice_into(fd, lambda n: None)
+            await body._splice_into(fd, lambda n: None)
 
     try:
         with pytest.raises(EngineTimeout):
@@ -431,7 +444,7 @@ def test_a_cancelled_splice_leaves_no_thread_and_no_descriptor(tmp_path: Path, m
     async def export() -> None:
         arrived = trio.Event()
         async with trio.open_nursery() as nursery, engine.bulk_get("/images/x/get", []) as body:
-            nursery.start_soon(body.splice_into, fd, lambda n: arrived.set())
+            nursery.start_soon(body._splice_into, fd, lambda n: arrived.set())
             await arrived.wait()  # the thread is splicing: now leave it behind
             nursery.cancel_scope.cancel()
 

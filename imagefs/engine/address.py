@@ -1,0 +1,234 @@
+"""Where the engine is and how to reach it: `EngineConfig` as the docker CLI reads it, and the
+`Endpoint` it resolves to, the one place that makes connections to the engine.
+
+`Endpoint.connect` makes a blocking socket (TLS-wrapped where the address asks for TLS) for
+the worker threads of `bulkget`; `Endpoint.open_stream` makes the same connection as a trio
+stream, which httpx gets through the network backend in `transport`. Both start at
+`Endpoint._dial`, so a new kind of address (ssh: `docker system dial-stdio`) is one more
+branch there and reaches both clients.
+
+httpx is given that network backend rather than an `AsyncHTTPTransport(uds=…,
+socket_options=…, verify=…)`: with the stock transport httpcore would make its own sockets,
+and the address kinds, keepalive and TLS would be written once per client and could drift
+apart; the cost is a small transport of our own (`transport`), since httpx takes no
+network backend itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+# The events stream may be silent for hours: without keepalive a peer that vanished (a half-open
+# TCP connection) would leave imagefs trusting its snapshot until --live-ttl instead of ~25 s.
+TCP_KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where the engine is and how to talk to it, as the docker CLI understands it."""
+
+    host: str = DEFAULT_HOST
+    base_path: str | None = None  # "/v1.41" pins the version; None negotiates
+    tls_verify: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    timeout: float = 10.0  # seconds, for every call but the streams
+    stream_timeout: float = 120.0  # longest silence allowed inside an export stream
+    dry_run: bool = False
+    debug: bool = False
+
+    @classmethod
+    def from_options(
+        cls,
+        host: str | None = None,
+        hostname: str | None = None,
+        scheme: str | None = None,
+        base_path: str | None = None,
+        tlsverify: bool | None = None,
+        tlscacert: str | None = None,
+        tlscert: str | None = None,
+        tlskey: str | None = None,
+        env: dict[str, str] | None = None,
+        **rest: Any,
+    ) -> EngineConfig:
+        """-H wins, then the seed's --hostname/--scheme, then DOCKER_HOST, then the default socket."""
+        env = dict(os.environ) if env is None else env
+        if not host and (hostname or scheme):
+            host = f"{scheme or 'http'}://{hostname or 'localhost'}"
+        host = host or env.get("DOCKER_HOST") or DEFAULT_HOST
+        cert_path = Path(env.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+        verify = bool(tlsverify) if tlsverify is not None else bool(env.get("DOCKER_TLS_VERIFY"))
+        uses_certs = verify or any((tlscacert, tlscert, tlskey)) or "DOCKER_CERT_PATH" in env
+        if uses_certs:
+            tlscacert = tlscacert or str(cert_path / "ca.pem")
+            # As the docker CLI: a client cert or key left at its default is used only if it is
+            # there; one that was named must be (`endpoint` says so).
+            tlscert = tlscert or _existing(cert_path / "cert.pem")
+            tlskey = tlskey or _existing(cert_path / "key.pem")
+        if base_path is not None and not base_path.startswith("/"):
+            base_path = "/" + base_path
+        return cls(
+            host=host, base_path=base_path.rstrip("/") if base_path else None,
+            tls_verify=verify, tls_ca=tlscacert, tls_cert=tlscert, tls_key=tlskey, **rest,
+        )
+
+    def endpoint(self) -> Endpoint:
+        """Where to connect and with what TLS; a ValueError with a one-line reason for an
+        address or TLS files that cannot be used (the CLI checks this before it forks)."""
+        parts = urlsplit(self.host)
+        if parts.scheme == "ssh":
+            raise ValueError(f"{self.host}: ssh:// engines are not supported yet")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError(f"engine address {self.host!r} names no socket path")
+            return Endpoint(parts.path, "docker", 80, None, "")
+        if parts.scheme not in ("tcp", "http", "https") or not parts.hostname:
+            raise ValueError(f"unsupported engine address {self.host!r} (use unix://, tcp://, http:// or https://)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"engine address {self.host!r} has a bad port") from None
+        # from_options sets the CA path whenever certificates are in play: on tcp:// that asks for TLS.
+        tls = parts.scheme == "https" or (
+            parts.scheme == "tcp" and bool(self.tls_verify or self.tls_ca or self.tls_cert))
+        # tcp:// without a port means the docker CLI's ports; http(s):// the scheme's.
+        default_port = (2376 if tls else 2375) if parts.scheme == "tcp" else (443 if tls else 80)
+        ctx = self._tls_context() if tls else None
+        return Endpoint(None, parts.hostname, port or default_port, ctx, parts.path.rstrip("/"))
+
+    def _tls_context(self) -> ssl.SSLContext:
+        ca = self.tls_ca if self.tls_verify else None
+        for what, path in (("CA certificate", ca), ("client certificate", self.tls_cert),
+                           ("client key", self.tls_key if self.tls_cert else None)):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"TLS {what} {path} does not exist")
+        try:
+            ctx = ssl.create_default_context(cafile=ca)
+            if not self.tls_verify:
+                # The docker CLI without --tlsverify encrypts but does not check the server.
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if self.tls_cert:
+                ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except OSError as exc:  # ssl.SSLError too: a file that is not PEM, a key that is not the cert's
+            raise ValueError(f"TLS files for {self.host} cannot be used: {exc}") from exc
+        return ctx
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.exists() else None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A unix socket path, or a host and port (with a TLS context or not); and the URL prefix of the API."""
+
+    uds: str | None
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    prefix: str
+
+    @property
+    def authority(self) -> str:
+        """host:port as a URL and a Host header want it (an IPv6 address in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The URL httpx's requests are relative to. Always http: TLS, like the address, is the
+        endpoint's business, done on the connection before httpcore sees it."""
+        return f"http://{self.authority}{self.prefix}"
+
+    def connect(self, timeout: float | None) -> socket.socket:
+        """A connected socket to the engine, TLS-wrapped if the endpoint has TLS. Blocking, for
+        worker threads; `timeout` bounds each step, and stays set on the socket."""
+        sock = self._dial(timeout)
+        if self.tls is None:
+            return sock
+        with _closed_on_error(sock):
+            return self.tls.wrap_socket(sock, server_hostname=self.host)
+
+    async def open_stream(self, timeout: float | None) -> trio.abc.Stream:
+        """The same connection as `connect`, as a trio stream: dialled in a worker thread, the
+        TLS handshake (if any) in the event loop."""
+        sock = await _in_worker(self._dial, timeout)
+        stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        if self.tls is None:
+            return stream
+        tls = trio.SSLStream(stream, self.tls, server_hostname=self.host, https_compatible=True)
+        try:
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
+        return tls
+
+    def _dial(self, timeout: float | None) -> socket.socket:
+        """The engine's socket before TLS (blocking)."""
+        if self.uds is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with _closed_on_error(sock):
+                sock.settimeout(timeout)
+                sock.connect(self.uds)
+            return sock
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        with _closed_on_error(sock):
+            for level, option, value in TCP_KEEPALIVE:
+                sock.setsockopt(level, option, value)
+        return sock
+
+
+@contextlib.contextmanager
+def _closed_on_error(sock: socket.socket) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _in_worker(dial: Callable[[float | None], socket.socket], timeout: float | None) -> socket.socket:
+    """`dial(timeout)` in a worker thread that a cancellation leaves behind at once; a socket
+    that thread makes after that belongs to nobody and is closed."""
+    lock = threading.Lock()
+    made: list[socket.socket] = []
+    wanted = True
+
+    def run() -> None:
+        sock = dial(timeout)
+        with lock:
+            if wanted:
+                made.append(sock)
+            else:
+                sock.close()
+
+    try:
+        await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+    except BaseException:
+        with lock:
+            wanted = False
+            for sock in made:  # made, but the cancellation came before it was handed over
+                sock.close()
+        raise
+    return made[0]

@@ -1,0 +1,209 @@
+"""The async client of the Docker Engine API: API version, calls, streams, errors.
+
+It knows the engine's endpoints and nothing of FUSE or of paths. Every call has a timeout;
+every failure leaves as an `imagefs.errors` class carrying the engine's own message, and an
+answer that is not what HTTP or JSON promise is a `BrokenAnswer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ..errors import BrokenAnswer, EngineTimeout, EngineUnreachable, engine_error
+from . import bulkget
+from .address import Endpoint, EngineConfig
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BODY = 64 * 1024
+PREFERRED_API = "1.41"  # the version the seed (dockerctl) was generated for
+Params = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+def quote_name(name: str) -> str:
+    """An image name or ID as a URL path segment (the engine routes `{name:.*}`)."""
+    return quote(name, safe="/:@")
+
+
+@contextlib.contextmanager
+def _mapped(request: str) -> Iterator[None]:
+    """httpx's exceptions become imagefs's: timeouts apart from every other transport failure."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise EngineTimeout(f"{request}: engine did not answer in time ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise EngineUnreachable(f"{request}: {type(exc).__name__}: {exc}") from exc
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("message", "")) or body.decode(errors="replace").strip()
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace").strip()
+
+
+def _json(text: bytes | str, request: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise BrokenAnswer(f"an answer that is not JSON ({exc})", request) from exc
+
+
+@dataclass
+class Engine:
+    """One engine: a client for short calls and one per long stream (a stream must not starve the pool)."""
+
+    config: EngineConfig
+    api_path: str = ""
+    # Every client's transport instead of the endpoint's (tests answer with httpx.MockTransport);
+    # the clients close it when they close, so it must bear that.
+    transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False)
+    # The /version answer `negotiate` read (None when the path was pinned): the mount needs it too.
+    version_info: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    endpoint: Endpoint = field(init=False, repr=False)
+    _client: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.endpoint = self.config.endpoint()
+
+    def _new_client(self, timeout: httpx.Timeout) -> httpx.AsyncClient:
+        transport = self.transport or Transport(self.endpoint)
+        return httpx.AsyncClient(transport=transport, base_url=self.endpoint.base_url, timeout=timeout)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = self._new_client(httpx.Timeout(self.config.timeout))
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def negotiate(self) -> str:
+        """Pick the API path: the pinned one, else 1.41 when the engine's range allows it."""
+        if self.config.base_path is not None:
+            self.api_path = self.config.base_path
+            return self.api_path
+        info = self.version_info = await self._call("GET", "/version", versioned=False)
+        newest = str(info.get("ApiVersion", PREFERRED_API))
+        oldest = str(info.get("MinAPIVersion", newest))
+
+        def key(v: str) -> tuple[int, ...]:
+            return tuple(int(p) for p in v.split("."))
+
+        chosen = min(max(key(PREFERRED_API), key(oldest)), key(newest))
+        self.api_path = "/v" + ".".join(map(str, chosen))
+        log.info("engine %s speaks API %s..%s; using %s", self.config.host, oldest, newest, self.api_path)
+        return self.api_path
+
+    def _request(self, method: str, path: str, params: Params | None = None,
+                 versioned: bool = True) -> tuple[str, httpx.QueryParams, str]:
+        """The URL and query of a call, and the call as logs and error messages name it."""
+        url = (self.api_path if versioned else "") + path
+        query = httpx.QueryParams(params if isinstance(params, Mapping) else tuple(params or ()))
+        return url, query, f"{method} {url}" + (f"?{query}" if query else "")
+
+    async def _call(
+        self, method: str, path: str, params: dict[str, str] | None = None, versioned: bool = True,
+        mutation: bool = False,
+    ) -> Any:
+        """One request and its JSON answer (None for an empty body, or in dry-run for a mutation)."""
+        url, query, request = self._request(method, path, params, versioned)
+        if mutation and self.config.dry_run:
+            log.warning("dry-run: would send %s", request)
+            return None
+        if self.config.debug:
+            log.debug("engine request %s", request)
+        with _mapped(request):
+            resp = await self.client.request(method, url, params=query)
+        if resp.status_code >= 400:
+            raise engine_error(resp.status_code, _error_message(resp.content), request)
+        return _json(resp.content, request) if resp.content.strip() else None
+
+    @contextlib.asynccontextmanager
+    async def stream(self, path: str, params: list[tuple[str, str]] | None = None) -> AsyncIterator[httpx.Response]:
+        """A GET whose body is streamed, on a client of its own that is always closed.
+
+        No read timeout: the event stream is silent for as long as nothing happens.
+        """
+        url, query, request = self._request("GET", path, params)
+        if self.config.debug:
+            log.debug("engine request %s (stream)", request)
+        timeout = httpx.Timeout(self.config.timeout, read=None)
+        async with self._new_client(timeout) as client:
+            with _mapped(request):
+                async with client.stream("GET", url, params=query) as resp:
+                    if resp.status_code >= 400:
+                        raise engine_error(resp.status_code, _error_message(await resp.aread()), request)
+                    yield resp
+
+    @contextlib.asynccontextmanager
+    async def bulk_get(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[bulkget.Body]:
+        """A GET (HTTP/1.0) whose long body the caller writes into a file (an export: see bulkget);
+        the body ends when the engine closes the connection."""
+        url, query, request = self._request("GET", path, params)
+        if self.config.debug:
+            log.debug("engine request %s (bulk)", request)
+        target = url + (f"?{query}" if query else "")
+        timeouts = bulkget.Timeouts(connect=self.config.timeout, read=self.config.stream_timeout)
+        async with bulkget.get(self.endpoint, target, timeouts) as body:
+            if body.status >= 400:
+                raise engine_error(body.status, _error_message(await body.read_all(MAX_ERROR_BODY)), request)
+            yield body
+
+    # --- the image operations of the seed -------------------------------------------------
+
+    async def version(self) -> dict[str, Any]:
+        return await self._call("GET", "/version")
+
+    async def list_images(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/images/json", {"all": "1"})
+
+    async def inspect(self, name: str) -> dict[str, Any]:
+        return await self._call("GET", f"/images/{quote_name(name)}/json")
+
+    async def history(self, name: str) -> list[dict[str, Any]]:
+        return await self._call("GET", f"/images/{quote_name(name)}/history")
+
+    async def tag(self, name: str, repo: str, tag: str) -> None:
+        await self._call("POST", f"/images/{quote_name(name)}/tag", {"repo": repo, "tag": tag}, mutation=True)
+
+    async def delete(self, name: str, force: bool = False, noprune: bool = False) -> list[dict[str, str]] | None:
+        params = {"force": str(force).lower(), "noprune": str(noprune).lower()}
+        return await self._call("DELETE", f"/images/{quote_name(name)}", params, mutation=True)
+
+    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any] | None:
+        params = {"filters": json.dumps(filters)} if filters else None
+        return await self._call("POST", "/images/prune", params, mutation=True)
+
+    @contextlib.asynccontextmanager
+    async def events(self, filters: dict[str, list[str]]) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """The engine's event stream: entered once the engine has answered; decoded events until it breaks."""
+        async with self.stream("/events", [("filters", json.dumps(filters))]) as resp:
+
+            async def decoded() -> AsyncIterator[dict[str, Any]]:
+                with _mapped("GET /events"):
+                    async for line in resp.aiter_lines():
+                        if line.strip():
+                            yield _event(line)
+
+            yield decoded()
+
+
+def _event(line: str) -> dict[str, Any]:
+    event = _json(line, "GET /events")
+    if not isinstance(event, dict):
+        raise BrokenAnswer(f"an event that is not a JSON object: {line[:80]!r}", "GET /events")
+    return event
