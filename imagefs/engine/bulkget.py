@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..errors import BrokenAnswer, EngineTimeout, EngineUnreachable
+from ..errors import BrokenAnswer, Closing, EngineTimeout, EngineUnreachable
 from .framing import MAX_HEAD, Decoder, parse_head
 
 if TYPE_CHECKING:
@@ -267,7 +267,7 @@ class _Connection:
     def use(self, request: str) -> Iterator[None]:
         with self._lock:
             if self._closing:
-                raise EngineUnreachable(f"{request}: the connection was closed")
+                raise Closing(f"{request}: imagefs closed the connection")  # ours, not the engine's doing
             self._users += 1
         try:
             yield
