@@ -46,7 +46,7 @@ def human_size(n: int) -> str:
 
 
 class Command(ABC):
-    """A control file's behaviour: its usage line, how it parses, what it sends."""
+    """A control file's behaviour: its usage line, how it parses, what it sends, what its answer means."""
 
     usage: ClassVar[str]
 
@@ -55,8 +55,23 @@ class Command(ABC):
         """The engine parameters for a command line, or BadCommand."""
 
     @abstractmethod
+    async def send(self, engine: Engine, target: str, params: Any) -> Any:
+        """The one engine call about `target`; the engine's answer."""
+
+    @abstractmethod
+    def describe(self, target: str, params: Any) -> str:
+        """What the command does, as in "would tag x as y"."""
+
+    @abstractmethod
+    def report(self, target: str, params: Any, answer: Any) -> str:
+        """The engine's answer as a person reads it."""
+
     async def run(self, engine: Engine, target: str, params: Any) -> str:
         """Send the command about `target`; the outcome as a person reads it."""
+        answer = await self.send(engine, target, params)
+        if engine.config.dry_run:  # the engine logged the request and sent nothing: no answer to report
+            return f"dry-run: would {self.describe(target, params)}; nothing sent"
+        return self.report(target, params, answer)
 
 
 class Tag(Command):
@@ -68,10 +83,14 @@ class Tag(Command):
         except ValueError as exc:
             raise BadCommand(str(exc)) from exc
 
-    async def run(self, engine: Engine, target: str, params: tuple[str, str]) -> str:
-        repo, tag = params
-        await engine.tag(target, repo, tag)
-        return f"tagged {target} as {repo}:{tag}"
+    async def send(self, engine: Engine, target: str, params: tuple[str, str]) -> None:
+        await engine.tag(target, *params)
+
+    def describe(self, target: str, params: tuple[str, str]) -> str:
+        return f"tag {target} as {':'.join(params)}"
+
+    def report(self, target: str, params: tuple[str, str], answer: None) -> str:
+        return f"tagged {target} as {':'.join(params)}"
 
 
 class Delete(Command):
@@ -84,11 +103,15 @@ class Delete(Command):
             raise BadCommand(f"unknown word(s) {' '.join(sorted(unknown))!r}; use 'force' and/or 'noprune'")
         return {"force": "force" in words, "noprune": "noprune" in words}
 
-    async def run(self, engine: Engine, target: str, params: dict[str, bool]) -> str:
-        answer = await engine.delete(target, **params)
-        if answer is None:
-            return f"dry-run: {target} not deleted"
-        lines = [f"{k.lower()} {v}" for item in answer for k, v in item.items()]
+    async def send(self, engine: Engine, target: str, params: dict[str, bool]) -> list[dict[str, str]] | None:
+        return await engine.delete(target, **params)
+
+    def describe(self, target: str, params: dict[str, bool]) -> str:
+        words = [word for word, on in params.items() if on]
+        return f"delete {target}" + (f" ({', '.join(words)})" if words else "")
+
+    def report(self, target: str, params: dict[str, bool], answer: list[dict[str, str]] | None) -> str:
+        lines = [f"{k.lower()} {v}" for item in answer or () for k, v in item.items()]
         return "\n".join(lines) or f"deleted {target}"
 
 
@@ -107,13 +130,17 @@ class Prune(Command):
                 raise BadCommand(f"unknown prune filter {word!r}; {self.usage}")
         return filters
 
-    async def run(self, engine: Engine, target: str, params: dict[str, list[str]]) -> str:
-        answer = await engine.prune(params)
-        if answer is None:
-            return "dry-run: nothing pruned"
-        deleted = answer.get("ImagesDeleted") or []
+    async def send(self, engine: Engine, target: str, params: dict[str, list[str]]) -> dict[str, Any] | None:
+        return await engine.prune(params)
+
+    def describe(self, target: str, params: dict[str, list[str]]) -> str:
+        shown = " ".join(f"{key}={value}" for key, values in params.items() for value in values)
+        return f"prune images ({f'filters {shown}' if shown else 'dangling only'})"
+
+    def report(self, target: str, params: dict[str, list[str]], answer: dict[str, Any] | None) -> str:
+        deleted = (answer or {}).get("ImagesDeleted") or []
         lines = [f"{k.lower()} {v}" for item in deleted for k, v in item.items()]
-        reclaimed = int(answer.get("SpaceReclaimed") or 0)
+        reclaimed = int((answer or {}).get("SpaceReclaimed") or 0)
         lines.append(f"{len(deleted)} entries removed, {human_size(reclaimed)} reclaimed ({reclaimed} bytes)")
         return "\n".join(lines)
 

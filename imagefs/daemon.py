@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .events import EventFollower
 from .fuse.operations import Operations
 from .nodes.base import Context
 from .nodes.tree import Tree, affected
+from .options import default
 from .spool.exports import Exports
 from .spool.sizes import Sizes
 from .spool.store import Store, UnsafeCache
@@ -44,14 +46,14 @@ class MountError(Exception):
 class MountOptions:
     mountpoint: Path
     engine: EngineConfig = field(default_factory=EngineConfig)
-    read_only: bool = False
-    allow_other: bool = False
-    cache_dir: Path = Path.home() / ".cache" / "imagefs"
-    cache_size: int = 10 * 2**30
-    fallback_ttl: float = 1.0
-    live_ttl: float = 60.0
-    cache_ttl: float = 60.0
-    cache_entries: int = 1024
+    read_only: bool = default("read_only")
+    allow_other: bool = default("allow_other")
+    cache_dir: Path = field(default_factory=partial(default, "cache_dir"))  # $XDG_CACHE_HOME when made
+    cache_size: int = default("cache_size")
+    fallback_ttl: float = default("list_ttl")
+    live_ttl: float = default("live_ttl")
+    cache_ttl: float = default("cache_ttl")
+    cache_entries: int = default("cache_entries")
 
     def fuse_options(self) -> set[str]:
         opts = set(pyfuse3.default_options)
@@ -145,7 +147,8 @@ async def _raise_readahead(initialized: trio.Event, mountpoint: Path, kib: int =
     # and libfuse's reply allows what the kernel had offered at mount time (128 KiB).
     await initialized.wait()
     # Not os.stat(mountpoint): that would send this very daemon a request it cannot answer yet.
-    escaped = str(mountpoint).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+    # mountinfo writes these four as octal escapes (fs/proc_namespace.c), a newline too.
+    escaped = str(mountpoint).translate({ord(c): f"\\{ord(c):03o}" for c in " \t\n\\"})
     with open("/proc/self/mountinfo") as f:
         devices = [line.split()[2] for line in f if line.split()[4] == escaped]
     if not devices:

@@ -55,11 +55,55 @@ def parse(text: str) -> Reference | None:
 
 
 def parse_tag_target(text: str) -> tuple[str, str]:
-    """`repo[:tag]` for ImageTag: (repo, tag), the tag defaulting to latest; ValueError if malformed."""
-    ref = parse(text)
-    if ref is None or ref.digest is not None:
+    """`repo[:tag]` for ImageTag: (repo, tag), the tag defaulting to latest; ValueError if the grammar or
+    the engine would refuse it (the engine answers those with 500, as if it had failed)."""
+    m = REFERENCE.fullmatch(text)
+    if m is None or m["digest"] is not None:
         raise ValueError(f"invalid reference format: {text!r} is not repository[:tag]")
-    return ref.name, ref.tag or "latest"
+    refused = engine_refusal(m["name"])
+    if refused:
+        raise ValueError(refused)
+    return m["name"], m["tag"] or "latest"
+
+
+# dockerd 20.10 reads a new repository name with ParseNormalizedNamed of the docker/distribution reference
+# it vendors (normalize.go), and answers what that refuses with 500. The grammar alone does not tell: the
+# first component is a registry only with a "." or a ":" or as "localhost", and the name is measured once
+# "docker.io/library/" is added. (github.com/distribution/reference, in newer engines, also takes an
+# uppercase first component as a registry, and IPv6 hosts: those are refused here all the same.)
+DEFAULT_DOMAIN = "docker.io"
+LEGACY_DEFAULT_DOMAIN = "index.docker.io"
+OFFICIAL_REPO_PREFIX = "library/"
+
+
+def normalized_name(name: str) -> str:
+    """A repository name as the engine spells it in full: `alpine` is `docker.io/library/alpine` (splitDockerDomain)."""
+    first, slash, rest = name.partition("/")
+    if slash and (any(c in first for c in ".:") or first == "localhost"):
+        domain, remainder = first, rest
+    else:
+        domain, remainder = DEFAULT_DOMAIN, name
+    if domain == LEGACY_DEFAULT_DOMAIN:
+        domain = DEFAULT_DOMAIN
+    if domain == DEFAULT_DOMAIN and "/" not in remainder:
+        remainder = OFFICIAL_REPO_PREFIX + remainder
+    return f"{domain}/{remainder}"
+
+
+def engine_refusal(name: str) -> str | None:
+    """Why dockerd 20.10 refuses a grammatical repository name as a new tag, in its words; None if it takes it."""
+    if _IMAGE_ID_RE.fullmatch(name):
+        return f"invalid reference format: repository name ({name}) cannot be 64 hex digits, the form of an image ID"
+    full = normalized_name(name)
+    remote = full.split("/", 1)[1]
+    if remote != remote.lower():  # an uppercase first component that is no registry host
+        return f"invalid reference format: repository name ({name}) must be lowercase"
+    if name.startswith("["):  # its grammar has no IPv6 hosts yet
+        return f"invalid reference format: the engine takes no IPv6 registry host ({name})"
+    if len(full) > NAME_TOTAL_LENGTH_MAX:
+        return (f"invalid reference format: repository name must not be more than {NAME_TOTAL_LENGTH_MAX} "
+                f"characters ({len(full)} as the engine spells it, {full[:30]}…)")
+    return None
 
 
 def to_path(reference: str) -> TreePath | None:

@@ -1,13 +1,15 @@
-"""Control commands of SPEC §4, parsed without an engine: one write is one command."""
+"""Control commands of SPEC §4 without an engine: one write is one command, and what its outcome says."""
 
 from __future__ import annotations
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagefs import controls
 from imagefs.controls import COMMANDS, MAX_COMMAND, Delete, Prune, Tag, decode, human_size
+from imagefs.engine import Engine, EngineConfig
 from imagefs.errors import BadCommand
 
 FAST = settings(max_examples=200, deadline=None)
@@ -194,6 +196,37 @@ def test_prune_parse_rejects(text: str) -> None:
 )
 def test_human_size(n: int, text: str) -> None:
     assert human_size(n) == text
+
+
+# --- outcomes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "text", "outcome"),
+    [
+        ("tag", "hello:latest", "dry/run:1", "dry-run: would tag hello:latest as dry/run:1; nothing sent"),
+        ("tag", "hello:latest", "dry/run", "dry-run: would tag hello:latest as dry/run:latest; nothing sent"),
+        ("delete", "hello:latest", "", "dry-run: would delete hello:latest; nothing sent"),
+        ("delete", "x:1", "noprune force", "dry-run: would delete x:1 (force, noprune); nothing sent"),
+        ("prune", "", "", "dry-run: would prune images (dangling only); nothing sent"),
+        ("prune", "", "all label=k=v", "dry-run: would prune images (filters dangling=false label=k=v); nothing sent"),
+    ],
+)
+def test_a_dry_run_outcome_says_nothing_was_sent(name: str, target: str, text: str, outcome: str) -> None:
+    # A real engine client, in dry-run: it logs the request and sends none (there is no engine at that address).
+    engine = Engine(EngineConfig(host="unix:///nonexistent/docker.sock", dry_run=True))
+    command = COMMANDS[name]
+    assert trio.run(command.run, engine, target, command.parse(text)) == outcome
+
+
+def test_reports_of_the_engines_answers() -> None:
+    assert Tag().report("a:1", ("b", "2"), None) == "tagged a:1 as b:2"
+    assert Delete().report("a:1", {}, None) == "deleted a:1"  # an empty answer is no dry-run
+    untagged = [{"Untagged": "a:1"}, {"Deleted": "sha256:0"}]
+    assert Delete().report("a:1", {}, untagged) == "untagged a:1\ndeleted sha256:0"
+    answer = {"ImagesDeleted": [{"Deleted": "sha256:0"}], "SpaceReclaimed": 1500}
+    assert Prune().report("", {}, answer) == "deleted sha256:0\n1 entries removed, 1.5 kB reclaimed (1500 bytes)"
+    assert Prune().report("", {}, {"ImagesDeleted": None}) == "0 entries removed, 0 B reclaimed (0 bytes)"
 
 
 def test_command_table() -> None:

@@ -381,11 +381,105 @@ def test_parse_tag_target_rejects(text: str) -> None:
         parse_tag_target(text)
 
 
+# What dockerd 20.10 makes of a new repository name (ParseNormalizedNamed, docker/distribution v2.7
+# normalize.go): the first component is a registry only with "." or ":" in it or as "localhost"; Docker Hub
+# names get "docker.io/" and, with one component, "library/"; the result is at most 255 characters.
+# Each kind below is built so that its verdict is known from how it was built.
+HUB = "docker.io/"
+LIBRARY = "library/"
+
+
+@st.composite
+def tag_targets(draw: st.DrawFn) -> tuple[str, str | None]:
+    """(a repository name the grammar accepts, None if the engine takes it, else a word of its refusal)."""
+    kind = draw(st.sampled_from(["hub", "registry", "localhost", "docker.io", "index.docker.io", "upper", "ipv6"]))
+    path = draw(st.lists(path_components(), min_size=1, max_size=3))
+    if draw(st.booleans()):  # long names, to cross the length limit from either side
+        path.append("p" * draw(st.integers(200, 260)))
+    rest = "/".join(path)
+    hub = HUB + (LIBRARY if len(path) == 1 else "") + rest
+    if kind == "hub":
+        registry_like = len(path) > 1 and ("." in path[0] or path[0] == "localhost")
+        return rest, _length_verdict(rest if registry_like else hub)
+    if kind in ("docker.io", "index.docker.io"):
+        return f"{kind}/{rest}", _length_verdict(hub)
+    if kind == "upper":
+        host = draw(domain_components().filter(lambda c: c != c.lower()))
+        return f"{host}/{rest}", "lowercase"
+    if kind == "ipv6":  # without a port or a ":" inside, the brackets are no registry but a bad path
+        host = draw(domains().filter(lambda d: d.startswith("[")))
+        return f"{host}/{rest}", "IPv6" if ":" in host or host == host.lower() else "lowercase"
+    host = "localhost" if kind == "localhost" else draw(registry_hosts())
+    return f"{host}/{rest}", _length_verdict(f"{host}/{rest}")
+
+
+@st.composite
+def registry_hosts(draw: st.DrawFn) -> str:
+    """A first component the engine takes as a registry: with a "." or a port."""
+    parts = draw(st.lists(domain_components(), min_size=1, max_size=3))
+    port = draw(st.one_of(st.just(""), st.integers(0, 65535).map(lambda p: f":{p}")))
+    assume(len(parts) > 1 or port)
+    assume(".".join(parts) not in ("docker.io", "index.docker.io"))
+    return ".".join(parts) + port
+
+
+def _length_verdict(full_name: str) -> str | None:
+    return "255" if len(full_name) > NAME_TOTAL_LENGTH_MAX else None
+
+
 @FAST
-@given(names(), st.one_of(st.none(), tags))
-def test_parse_tag_target_generated(name: str, tag: str | None) -> None:
+@given(tag_targets(), st.one_of(st.none(), tags))
+def test_parse_tag_target_refuses_what_the_engine_refuses(target: tuple[str, str | None], tag: str | None) -> None:
+    name, refusal = target
     text = name + (f":{tag}" if tag else "")
-    assert parse_tag_target(text) == (name, tag or "latest")
+    if refusal is None:
+        assert parse_tag_target(text) == (name, tag or "latest")
+    else:
+        with pytest.raises(ValueError, match=f"invalid reference format: .*{refusal}"):
+            parse_tag_target(text)
+
+
+# Each answered by the private dockerd 20.10 (POST /images/hello:latest/tag?repo=NAME&tag=1): 201 or 500.
+ENGINE_TAKES = [
+    "Foo.com/bar", "Foo:5000/bar", "Example.COM/x", "LocalHost:5000/x", "INDEX.docker.io/foo", "localhost/bar",
+    "a" * 237, "a/" * 118 + "ab", "x.io/" + "a" * 250, "docker.io/" + "a" * 237, "index.docker.io/" + "a" * 237,
+    "index.docker.io/a/" + "b" * 240,  # 258 characters as written, 252 as the engine spells it
+    "0" * 64 + "/x", "x/" + "0" * 64, "a" * 63,
+]
+ENGINE_REFUSES = [
+    "Foo/bar", "LOCALHOST/bar", "Localhost/bar", "AB/c/d", "[::1]:5000/x", "[::1]/x", "[abc]/x", "[ABC]/x",
+    "a" * 238, "x.io/" + "a" * 251, "docker.io/" + "a" * 238, "index.docker.io/" + "a" * 238,
+    "index.docker.io/a/" + "b" * 245, "a" * 64, "0123456789abcdef" * 4,
+]
+
+
+@pytest.mark.parametrize("name", ENGINE_TAKES)
+def test_parse_tag_target_takes_what_the_engine_took(name: str) -> None:
+    assert parse_tag_target(name + ":1") == (name, "1")
+
+
+@pytest.mark.parametrize("name", ENGINE_REFUSES)
+def test_parse_tag_target_refuses_what_the_engine_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid reference format"):
+        parse_tag_target(name + ":1")
+
+
+@pytest.mark.parametrize(
+    ("name", "full"),
+    [
+        ("alpine", "docker.io/library/alpine"),
+        ("myorg/app", "docker.io/myorg/app"),
+        ("docker.io/alpine", "docker.io/library/alpine"),
+        ("index.docker.io/myorg/app", "docker.io/myorg/app"),
+        ("localhost/app", "localhost/app"),
+        ("localhost:5000/app", "localhost:5000/app"),
+        ("Foo/bar", "docker.io/Foo/bar"),  # not a registry: so it breaks the lowercase rule
+        ("a.b/c", "a.b/c"),
+        ("LOCALHOST/x", "docker.io/LOCALHOST/x"),
+    ],
+)
+def test_normalized_name(name: str, full: str) -> None:
+    assert references.normalized_name(name) == full
 
 
 @FAST
