@@ -88,11 +88,8 @@ def mount_options(mountpoint: Path, values: dict[str, Any]) -> MountOptions:
     engine = EngineConfig.from_options(**{o.dest: values[o.key] for o in options.ENGINE})
     try:
         engine.endpoint()
-    except ValueError as exc:
+    except ValueError as exc:  # an address it cannot reach, or certificate files it cannot use
         raise MountError(f"cannot use the engine at {engine.host}: {exc}") from exc
-    except OSError as exc:  # a certificate file missing or unreadable
-        files = ", ".join(f for f in (engine.tls_ca, engine.tls_cert, engine.tls_key) if f)
-        raise MountError(f"cannot use the engine at {engine.host}: TLS ({files}): {exc.strerror or exc}") from exc
     mount = {o.dest: values[o.key] for o in options.MOUNT}
     return MountOptions(mountpoint=mountpoint.absolute(), engine=engine, **mount)
 

@@ -28,7 +28,7 @@ from hypothesis import strategies as stg
 from imagefs.engine import Engine, EngineConfig, bulkget
 from imagefs.engine.bulkget import MIN_RECV, Body, _Connection, _read_head
 from imagefs.engine.framing import MAX_HEAD, Decoder
-from imagefs.errors import BrokenAnswer, EngineTimeout, EngineUnreachable, ImagefsError, NoSuchImage
+from imagefs.errors import BrokenAnswer, Closing, EngineTimeout, EngineUnreachable, ImagefsError, NoSuchImage
 
 SMALLEST = MIN_RECV + MAX_HEAD
 
@@ -305,7 +305,7 @@ def test_the_socket_closes_only_when_its_last_thread_leaves() -> None:
     leave.set()
     t.join()
     assert ours.fileno() == -1
-    with pytest.raises(EngineUnreachable), conn.use("GET /x"):
+    with pytest.raises(Closing), conn.use("GET /x"):
         pass
     theirs.close()
 

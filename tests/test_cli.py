@@ -75,11 +75,11 @@ def test_a_bad_value_is_one_line(tmp: Path, mode: list[str], args: list[str], li
 @pytest.mark.parametrize(
     ("args", "env", "reason"),
     [
-        (["-H", "ssh://user@example.com"], {}, "unsupported engine address 'ssh://user@example.com'"),
+        (["-H", "ssh://user@example.com"], {}, "ssh:// engines are not supported yet"),
         (["-H", "ftp://example.com"], {}, "unsupported engine address 'ftp://example.com'"),
         ([], {"DOCKER_HOST": "ftp://example.com"}, "unsupported engine address 'ftp://example.com'"),
         (["-H", "tcp://127.0.0.1:9", "--tlsverify"], {"DOCKER_CERT_PATH": "/nonexistent"},
-         "TLS (/nonexistent/ca.pem, /nonexistent/cert.pem, /nonexistent/key.pem): No such file or directory"),
+         "TLS CA certificate /nonexistent/ca.pem does not exist"),
     ],
 )
 def test_a_bad_engine_address_says_why(tmp: Path, mode: list[str], args: list[str], env: dict[str, str],

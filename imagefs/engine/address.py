@@ -96,7 +96,7 @@ class EngineConfig:
         address or TLS files that cannot be used (the CLI checks this before it forks)."""
         parts = urlsplit(self.host)
         if parts.scheme == "ssh":
-            raise ValueError(f"{self.host}: ssh:// engines are not supported yet")
+            raise ValueError("ssh:// engines are not supported yet (use unix://, tcp://, http:// or https://)")
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError(f"engine address {self.host!r} names no socket path")

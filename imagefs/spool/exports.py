@@ -187,8 +187,9 @@ class Exports:
             log.warning("cannot save export sizes in %s: %s", self.store.path, exc)
 
     async def _fail(self, export: Export, exc: ImagefsError) -> None:
+        with trio.CancelScope(shield=True):  # the space is free before any reader hears of the failure
+            await trio.to_thread.run_sync(_discard, self.store, export)
         self._end_failed(export, exc)
-        await trio.to_thread.run_sync(_discard, self.store, export)  # now: the space is free for the next one
         if export.readers == 0:
             await self._close(export)
 
@@ -244,11 +245,14 @@ class Exports:
 
 
 def _discard(store: Store, export: Export) -> None:
-    """A spool being written that will never be complete: its file goes (blocking)."""
+    """A spool being written that will never be complete: its file goes, and its blocks with it,
+    although readers still hold its descriptor (blocking)."""
     part, export.part = export.part, None
     if part is not None:
         with contextlib.suppress(OSError):
             os.unlink(part, dir_fd=store.spool_fd)
+        with contextlib.suppress(OSError):
+            os.ftruncate(export.fd, 0)
 
 
 def _manifest_problem(manifest: bytes | None, content: Content) -> str | None:
