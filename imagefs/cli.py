@@ -136,8 +136,9 @@ def spawn_daemon(mount: MountOptions, argv: list[str], log_path: Path | None) ->
     """Run the daemon as a detached child in the foreground mode; return once it says the mount is ready."""
     log_file = Path(log_path or os.environ.get("IMAGEFS_LOG") or mount.cache_dir / "imagefs.log")
     try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_out = open(log_file, "ab")  # noqa: SIM115 - the child's stderr for its whole life
+        # Private, like the cache directory it usually sits in (which the daemon checks); never a link.
+        log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         print(f"imagefs: log file {log_file}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -147,6 +148,7 @@ def spawn_daemon(mount: MountOptions, argv: list[str], log_path: Path | None) ->
         pass_fds=[write_fd], stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out, start_new_session=True,
     )
     os.close(write_fd)
+    os.close(log_out)
     with os.fdopen(read_fd, "rb") as pipe:
         answer = pipe.readline().decode().strip()
     if answer == "ok":

@@ -148,3 +148,24 @@ def test_reading_a_control_file_after_its_image_is_gone(engine: Engine, tmp: Pat
         assert os.read(fd, 4096).startswith(b"usage: ")
         os.close(fd)
         wait_for(lambda: not (m / "snap/ctl:1").exists(), timeout=1.0)
+
+
+def test_the_background_log_in_a_new_cache_dir_is_private_and_never_a_link(engine: Engine, tmp: Path) -> None:
+    cache, mnt = tmp / "new/cache", tmp / "mnt"
+    mnt.mkdir()
+    env = {k: v for k, v in engine.env().items() if k != "IMAGEFS_LOG"}
+    done = subprocess.run([*IMAGEFS, "mount", "--cache-dir", str(cache), str(mnt)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert cache.stat().st_mode & 0o777 == 0o700 and (cache / "imagefs.log").stat().st_mode & 0o777 == 0o600
+    finally:
+        subprocess.run([*IMAGEFS, "umount", str(mnt)], capture_output=True, timeout=60)
+    (cache / "imagefs.log").unlink()
+    victim = tmp / "victim"
+    victim.write_text("root's\n")
+    (cache / "imagefs.log").symlink_to(victim)
+    done = subprocess.run([*IMAGEFS, "mount", "--cache-dir", str(cache), str(mnt)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "log file" in done.stderr
+    assert victim.read_text() == "root's\n" and not os.path.ismount(mnt)
