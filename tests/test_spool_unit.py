@@ -38,7 +38,8 @@ def test_parts_of_dead_daemons_go_and_complete_spools_are_indexed(tmp_path: Path
     part, fd = store.create_part(name)
     os.write(fd, b"x" * 1000)
     os.close(fd)
-    store.publish(part, name, 1000, 1.0)
+    store.publish(part, name)
+    store.index(name, 1000, 1.0)
     dead = tmp_path / "cache/spool" / f".{name}.1.{DEAD_PID}.part"
     dead.write_bytes(b"half")
     alive = tmp_path / "cache/spool" / f".{name}.1.{os.getpid()}.part"
@@ -48,7 +49,7 @@ def test_parts_of_dead_daemons_go_and_complete_spools_are_indexed(tmp_path: Path
     try:
         assert again.stored[name].size == 1000
         assert not dead.exists() and alive.exists()
-        fd = again.open_stored(name)
+        fd = again.open_stored(name, 1000)
         assert os.read(fd, 2000) == b"x" * 1000
         os.close(fd)
     finally:

@@ -111,12 +111,14 @@ class Exports:
 
     async def _adopt(self, export: Export) -> bool:
         """Serve a complete spool an earlier mount (or another daemon) left: no engine call."""
+        assert export.stored is not None
         try:
-            export.fd = await trio.to_thread.run_sync(self.store.open_stored, export.name)
-        except OSError as exc:
+            export.fd = await trio.to_thread.run_sync(self.store.open_stored, export.name, export.stored)
+        except OSError as exc:  # evicted meanwhile (by another daemon too), or replaced
             log.info("stored spool %s not used: %s", export.name, exc.strerror)
+            self.store.stored.pop(export.name, None)
             return False
-        export.size = export.stored or 0
+        export.size = export.stored
         export.complete()
         log.info("export of %s: served from the stored spool", " ".join(export.content.names))
         return True
@@ -169,9 +171,9 @@ class Exports:
     async def _publish(self, export: Export) -> None:
         assert export.part is not None
         try:
-            await trio.to_thread.run_sync(self.store.publish, export.part, export.name, export.size,
-                                          trio.current_time())
+            await trio.to_thread.run_sync(self.store.publish, export.part, export.name)
             export.part = None
+            self.store.index(export.name, export.size, trio.current_time())
         except OSError as exc:  # served all the same (its part goes at close); the next mount exports again
             log.warning("export of %s not kept in %s: %s", export.key, self.store.path, exc.strerror)
         export.complete()
@@ -218,13 +220,13 @@ class Exports:
             if held <= self.cache_size:
                 break
             owner = next((e for e in self._active.values() if e.name == name), None)
-            if owner is not None and owner.readers > 0:
-                continue
+            if (owner is not None and owner.readers > 0) or self.store.stored.pop(name, None) is None:
+                continue  # read here, or evicted meanwhile by a concurrent call
             held -= stored.size
             if owner is not None:
-                del self._active[owner.key]
+                self._active.pop(owner.key, None)
                 await self._close(owner)
-            await trio.to_thread.run_sync(self.store.remove, name)
+            await trio.to_thread.run_sync(self.store.unlink, name)
 
     # --- the mount's end ----------------------------------------------------------------
 

@@ -127,7 +127,7 @@ class Store:
                 os.close(fd)
         self.spool_fd = self.dir_fd = -1
 
-    # --- spools (blocking: called from worker threads) ------------------------------------
+    # --- spools: the file operations block (worker threads); the index is the loop's ------
 
     def create_part(self, name: str) -> tuple[str, int]:
         """A new, empty file to write an export into, and its name."""
@@ -136,22 +136,23 @@ class Store:
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=self.spool_fd)
         return part, fd
 
-    def publish(self, part: str, name: str, size: int, used: float) -> None:
-        """A verified export becomes a complete spool, for this mount and the next."""
+    def publish(self, part: str, name: str) -> None:
+        """A verified export becomes a complete spool, for this mount and the next (then `index` it)."""
         os.rename(part, name, src_dir_fd=self.spool_fd, dst_dir_fd=self.spool_fd)
+
+    def index(self, name: str, size: int, used: float) -> None:
         self.stored[name] = Stored(size, used)
 
-    def open_stored(self, name: str) -> int:
+    def open_stored(self, name: str, size: int) -> int:
+        """A complete spool's descriptor, if it is still the file of that size that was indexed."""
         fd = os.open(name, os.O_RDONLY | NOFOLLOW, dir_fd=self.spool_fd)
         info = os.fstat(fd)
-        if not st.S_ISREG(info.st_mode) or info.st_size != self.stored[name].size:
+        if not st.S_ISREG(info.st_mode) or info.st_size != size:
             os.close(fd)
-            self.stored.pop(name, None)
             raise FileNotFoundError(errno.ENOENT, "the stored spool changed", name)
         return fd
 
-    def remove(self, name: str) -> None:
-        self.stored.pop(name, None)
+    def unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self.spool_fd)
 
