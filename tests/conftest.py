@@ -1,7 +1,10 @@
 """Fixtures: a real private dockerd with sample images, and imagefs mounted through its own CLI.
 
-Every engine, mount and temp dir started here is torn down here, and a test
-fails when the daemon logged a bug caught by its last-resort guard.
+Every engine, mount and temp dir started here is torn down here. Every mount is
+checked when it is unmounted (as s3ql's pytest_checklogs does): the test fails
+when its daemon logged a warning, an error or a traceback that the test did not
+declare for that mount. Tests are sorted into tiers: `engine` (a real dockerd
+and FUSE) and `unit` (neither), so `pytest -m unit` runs the fast tier alone.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import socketserver
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,48 +163,132 @@ def _http_up(address: str) -> bool:
         return False
 
 
+# The daemon's log format (imagefs/cli.py run_mount): "%(asctime)s imagefs[PID] LEVEL name: message".
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} imagefs\[\d+\] (?P<level>[A-Z]+) \S+: (?P<message>.*)")
+QUIET_LEVELS = {"DEBUG", "INFO"}
+# An allowance that matches this line would excuse nearly anything: refused, so that no test can
+# silence its mount's log by accident.
+UNRELATED = "the quick brown fox jumps over the lazy dog 0123456789 /:._-()[]'\",=<>@%?"
+
+
+def allowances(patterns: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+    """Compile a test's expected-log regexes, refusing catch-alls."""
+    compiled = tuple(re.compile(p) for p in patterns)
+    for p in compiled:
+        if p.search("") or p.search(UNRELATED):
+            raise ValueError(f"expect={p.pattern!r} would excuse almost any line: name the message")
+    return compiled
+
+
+def unexpected_lines(log: str, expect: Iterable[re.Pattern[str]] = ()) -> list[str]:
+    """The lines of a daemon's log that no test should see, besides the records `expect` matches.
+
+    A record at WARNING or above is unexpected unless one of `expect` matches its message. Every
+    line not in the log format is unexpected too, and no allowance excuses it: a traceback (which
+    the last-resort guard logs with a bug), a Python warning or a crash written to stderr around
+    the logger.
+    """
+    expect = tuple(expect)
+    bad = []
+    for line in log.splitlines():
+        record = LOG_RECORD.fullmatch(line)
+        if record is None or (record["level"] not in QUIET_LEVELS
+                              and not any(p.search(record["message"]) for p in expect)):
+            bad.append(line)
+    return bad
+
+
 @dataclass
 class Mount:
+    """One imagefs mount made through the CLI, and the part of its log file that this mount wrote."""
+
     path: Path
     cache_dir: Path
     log: Path
     engine: Engine
+    pid: int
+    log_start: int  # the log file's size before this mount: a remount in the same dir appends to it
     args: list[str] = field(default_factory=list)
+    expect: tuple[re.Pattern[str], ...] = ()
+    checked: bool = False
 
     def __truediv__(self, other: str) -> Path:
         return self.path / other
 
     def daemon_pid(self) -> int:
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    cmd = (proc / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if b"imagefs" in cmd and str(self.path).encode() in cmd and b"--foreground" in cmd:
-                    return int(proc.name)
-        raise LookupError("no daemon")
+        return self.pid
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        if not self.log.exists():
+            return ""
+        with open(self.log, "rb") as f:
+            f.seek(self.log_start)
+            return f.read().decode(errors="replace")
+
+    def check_log(self) -> None:
+        """Fail with the lines of this mount's log that its test did not declare."""
+        self.checked = True
+        bad = unexpected_lines(self.log_text(), self.expect)
+        expected = ", ".join(repr(p.pattern) for p in self.expect) or "nothing"
+        assert not bad, (f"the daemon of {self.path} logged what its test did not expect "
+                         f"(expected: {expected}):\n" + "\n".join(bad))
 
 
-def mount_imagefs(engine: Engine, base: Path, *args: str, expect: list[str] | None = None) -> Mount:
+def settled(m: Mount) -> None:
+    """Wait until a --debug mount follows events and has asked for the list it catches up with.
+
+    From then on it asks the engine nothing of its own accord until an event comes, so a test can
+    count the requests that what it does causes.
+    """
+    catching_up = re.compile(r"following engine events\n(?:.*\n)*?.* engine request GET /v1\.41/images/json")
+    wait_for(lambda: catching_up.search(m.log_text()) is not None, timeout=10)
+
+
+_MOUNTS: list[Mount] = []  # every mount of the running test, so that none is left unchecked
+
+
+def _find_daemon(mnt: Path) -> int:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"imagefs" in cmd and str(mnt).encode() in cmd and b"--foreground" in cmd:
+                return int(proc.name)
+    raise LookupError(f"no daemon serves {mnt}")
+
+
+def mount_imagefs(engine: Engine, base: Path, *args: str, expect: Iterable[str] = ()) -> Mount:
+    """Mount through the CLI; `expect` are regexes for the warnings this test's scenario causes.
+
+    The mount is checked by `unmount` (which a test that mounts here need not call: the mount is
+    unmounted and checked after the test anyway).
+    """
+    patterns = allowances(expect)
     mnt, cache = base / "mnt", base / "cache"
     mnt.mkdir(exist_ok=True)
     log = base / "imagefs.log"
+    log_start = log.stat().st_size if log.exists() else 0
     env = dict(engine.env(), IMAGEFS_LOG=str(log))
     result = subprocess.run([*IMAGEFS, "mount", "--cache-dir", str(cache), *args, str(mnt)],
                             env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr + log.read_text(errors="replace") if log.exists() else ""
+    m = Mount(mnt, cache, log, engine, 0, log_start, list(args), patterns)
+    assert result.returncode == 0, result.stderr + (m.log_text() or "(no log)")
     assert os.path.ismount(mnt)
-    return Mount(mnt, cache, log, engine, list(args))
+    try:
+        m.pid = _find_daemon(mnt)
+    except LookupError:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        raise AssertionError(f"mounted, but no daemon serves {mnt}:\n{m.log_text()}") from None
+    _MOUNTS.append(m)
+    return m
 
 
 @contextlib.contextmanager
-def mounted(engine: Engine, base: Path, *args: str, expect: list[str] | None = None) -> Iterator[Mount]:
-    """imagefs mounted through its CLI for the block, unmounted however the block ends."""
-    m = mount_imagefs(engine, base, *args)
+def mounted(engine: Engine, base: Path, *args: str, expect: Iterable[str] = ()) -> Iterator[Mount]:
+    """imagefs mounted through its CLI for the block, unmounted (and its log checked) however the block ends."""
+    m = mount_imagefs(engine, base, *args, expect=expect)
     try:
         yield m
     finally:
@@ -207,10 +296,46 @@ def mounted(engine: Engine, base: Path, *args: str, expect: list[str] | None = N
 
 
 def unmount(m: Mount) -> None:
+    """Unmount, wait for the daemon to exit, then check its log; a second call does nothing."""
+    if m.checked:
+        return
     if os.path.ismount(m.path):
         subprocess.run([*IMAGEFS, "umount", str(m.path)], capture_output=True, timeout=60)
     if os.path.ismount(m.path):
         subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+    # Only an exited daemon has written all of its log (a lazy unmount does not wait for it).
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: _gone(m.pid), timeout=15)
+    try:
+        m.check_log()
+    finally:
+        if not _gone(m.pid):
+            os.kill(m.pid, signal.SIGKILL)
+            raise AssertionError(f"the daemon of {m.path} (pid {m.pid}) still ran 15 s after its unmount")
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no process, or a zombie that init has yet to reap."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.fixture(autouse=True)
+def _every_mount_is_checked() -> Iterator[None]:
+    """Unmount and check whatever mount a test left behind, so no mount site can skip the check."""
+    _MOUNTS.clear()
+    yield
+    left, _MOUNTS[:] = list(_MOUNTS), []
+    failures = []
+    for m in left:
+        try:
+            unmount(m)
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, "\n\n".join(failures)
 
 
 @pytest.fixture
@@ -223,15 +348,44 @@ def tmp(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 @pytest.fixture
 def mount(engine: Engine, tmp: Path, request: pytest.FixtureRequest) -> Iterator[Mount]:
-    marker = request.node.get_closest_marker("mount_args")
-    with mounted(engine, tmp, *(marker.args if marker else ())) as m:
+    """imagefs mounted for the test; `@pytest.mark.mount(*args, expect=[...])` passes options and allowances."""
+    marker = request.node.get_closest_marker("mount")
+    args, expect = (marker.args, marker.kwargs.get("expect", ())) if marker else ((), ())
+    with mounted(engine, tmp, *args, expect=expect) as m:
         yield m
-    bugs = [line for line in m.log_text().splitlines() if "unexpected error" in line]
-    assert not bugs, "the daemon's guard caught bugs:\n" + "\n".join(bugs)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "mount_args(*args): extra imagefs mount options for the mount fixture")
+# --- tiers ----------------------------------------------------------------------------------------
+
+ENGINE_FIXTURES = {"engine", "second_engine", "registry", "mount"}
+
+
+def _fuse_missing() -> str | None:
+    """Why FUSE mounts cannot be made here, or None (as pyfuse3's test/util.py fuse_test_marker)."""
+    fusermount = shutil.which("fusermount3")
+    if fusermount is None:
+        return "no fusermount3"
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse: the FUSE kernel module does not seem to be loaded"
+    if os.getuid() != 0 and not os.stat(fusermount).st_mode & stat.S_ISUID:
+        return "fusermount3 is not setuid, and we are not root"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"cannot open /dev/fuse: {exc.strerror}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # fixturenames is the closure: a test that needs the engine through another fixture counts too.
+    fuse_missing = _fuse_missing()
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
+            if fuse_missing:  # every engine test mounts imagefs
+                item.add_marker(pytest.mark.skip(reason=fuse_missing))
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> float:

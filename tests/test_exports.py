@@ -146,7 +146,11 @@ def blob(engine: Engine) -> Iterator[str]:
 
 
 def test_engine_stopping_mid_export_is_eio_then_exports_afresh(engine: Engine, tmp: Path, blob: str) -> None:
-    m = mount_imagefs(engine, tmp)
+    m = mount_imagefs(engine, tmp, expect=[
+        r"^(export \S+ \S+ [0-9a-f]{64} big/blob:1 failed|getattr|read): .*/images/big/blob:1/get: ",
+        r"^events stream down \(GET /events: .*\); [\d.]+ s TTLs until it is back$",
+        r"^(lookup|getattr|read): EngineUnreachable: GET /v1\.41/images/\S+: Connect(Error|ionRefusedError): ",
+    ])
     try:
         # os.open, not open(): Python's fstat after open would wait for the whole export.
         fd = os.open(m / "big/blob:1/export.tar", os.O_RDONLY)
@@ -194,7 +198,9 @@ def test_an_export_cut_where_a_member_ends_is_eio(engine: Engine, tmp: Path) -> 
     assert cut < len(data) and data[:cut].endswith(bytes(1024))
     proxy = Proxy(engine.sock, tmp / "proxy.sock", cut_exports=cut)
     try:
-        with mounted(engine, tmp, "-H", f"unix://{proxy.address}") as m:
+        with mounted(engine, tmp, "-H", f"unix://{proxy.address}",
+                     expect=[r"^(export \S+ \S+ [0-9a-f]{64} \S+ failed|getattr|read): .*/get: 500 export of "
+                             rf"{REF} is not a whole tar archive after {cut} bytes: "]) as m:
             with pytest.raises(OSError) as info:
                 (m / REF / "export.tar").read_bytes()
             assert info.value.errno == errno.EIO
@@ -225,7 +231,8 @@ def test_an_export_framed_in_chunks_is_read_whole(engine: Engine, tmp: Path) -> 
 
 def test_sigterm_during_an_export_unmounts_at_once(engine: Engine, tmp: Path, blob: str) -> None:
     dockerd = int((engine.root / "docker.pid").read_text())
-    with mounted(engine, tmp) as m:
+    with mounted(engine, tmp, expect=[r"^(export \S+ \S+ [0-9a-f]{64} big/blob:1 failed|getattr|read): "
+                                      r".* big/blob:1 aborted: the mount is closing$"]) as m:
         pid = m.daemon_pid()
         fd = os.open(m / "big/blob:1/export.tar", os.O_RDONLY)  # starts the export
         os.kill(dockerd, signal.SIGSTOP)  # which now waits for the engine for as long as it is stopped
@@ -287,7 +294,8 @@ def test_a_wrong_remembered_size_is_eio_never_a_short_copy(engine: Engine, tmp: 
             kept.unlink()
         sizes[key] = wrong
         sizes_file.write_text(json.dumps(sizes))
-        with mounted(engine, tmp, expect=[r"export of busybox:latest failed: .* bytes, \d+ before"]) as m:
+        with mounted(engine, tmp, expect=[rf"^(export of busybox:latest failed|getattr|read): (ExportBroken: )?"
+                                          rf"export of busybox:latest is {len(expected)} bytes, {wrong} before$"]) as m:
             path = m / "busybox:latest/export.tar"
             assert os.stat(path).st_size == wrong
             held = os.open(path, os.O_RDONLY)  # starts the export, which the remembered size contradicts

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IMAGEFS, Engine, Mount, Proxy, mount_imagefs, mounted, pretty, unmount, wait_for
+from conftest import IMAGEFS, Engine, Mount, Proxy, mount_imagefs, mounted, pretty, settled, unmount, wait_for
 
 
 def run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -71,6 +71,7 @@ def test_metadata_times_inodes_and_owner(mount: Mount, engine: Engine, tmp: Path
 
 def test_names_that_cannot_be_references_ask_nothing(engine: Engine, tmp: Path) -> None:
     with mounted(engine, tmp, "--debug") as m:
+        settled(m)
         os.listdir(m.path)
         before = m.log_text().count("engine request")
         for bad in ("Bad Name!", "UPPER:1", "a//b", "x:1:2", ".hidden", "<none>:<none>", "a@b", "myorg/x:1:y"):
@@ -137,7 +138,12 @@ def test_nothing_destroys(mount: Mount, engine: Engine) -> None:
 
 
 def test_engine_down_is_eio_and_recovers(engine: Engine, tmp: Path) -> None:
-    m = mount_imagefs(engine, tmp, "--timeout", "3")
+    # The engine is stopped under the mount: the events stream ends, and what the kernel asks for
+    # meanwhile fails to reach it.
+    m = mount_imagefs(engine, tmp, "--timeout", "3", expect=[
+        r"^events stream down \(GET /events: .*\); [\d.]+ s TTLs until it is back$",
+        r"^(lookup|opendir|getattr|open|read): EngineUnreachable: GET /v1\.41/images/\S+: ConnectError: ",
+    ])
     try:
         assert (m / "hello:latest/inspect").read_bytes()
         engine.kill()
