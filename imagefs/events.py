@@ -30,6 +30,7 @@ class EventFollower:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._dirty = trio.Event()
+        self._told = False  # a failure to follow has been logged
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -49,6 +50,10 @@ class EventFollower:
                                 reason, self.catalog.fallback_ttl)
                     delay = self.backoff
                     await self.catalog.lose_track()
+                elif not self._told:  # never followed: say why changes by others show only after a TTL
+                    log.warning("cannot follow engine events (%s); %.1f s TTLs until it can",
+                                reason, self.catalog.fallback_ttl)
+                self._told = True
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 

@@ -195,3 +195,23 @@ def test_an_invalidation_names_what_the_kernel_holds(engine: Engine, tmp: Path, 
         assert before is not await t.catalog.snapshot()
 
     run(engine, tmp / "cache", test)
+
+
+def test_xattrs_and_flush_reach_the_nodes_only_where_a_node_kind_has_them(engine: Engine, tmp: Path) -> None:
+    async def test(t: Ops) -> None:
+        attr = await t.walk("hello:latest/inspect")
+        info = await t.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+        for call in (t.ops.getxattr(attr.st_ino, b"user.x", CTX), t.ops.listxattr(attr.st_ino, CTX),
+                     t.ops.flush(info.fh)):
+            with pytest.raises(pyfuse3.FUSEError) as raised:  # none here: the kernel is told to stop asking
+                await call
+            assert raised.value.errno == errno.ENOSYS
+        t.ops.tree.xattrs = t.ops.tree.flushes = True  # as a tree whose nodes carry them
+        with pytest.raises(pyfuse3.FUSEError) as raised:
+            await t.ops.getxattr(attr.st_ino, b"user.x", CTX)
+        assert raised.value.errno == errno.ENODATA
+        assert await t.ops.listxattr(attr.st_ino, CTX) == []
+        await t.ops.flush(info.fh)
+        await t.ops.release(info.fh)
+
+    run(engine, tmp / "cache", test)

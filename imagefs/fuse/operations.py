@@ -146,6 +146,8 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not self.tree.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         value = (await self.inodes.node(inode).xattrs()).get(name)
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -153,6 +155,8 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if not self.tree.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         return list(await self.inodes.node(inode).xattrs())
 
     # --- directories ----------------------------------------------------------------------
@@ -214,6 +218,8 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def flush(self, fh: int) -> None:
+        if not self.tree.flushes:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         await self._handle(fh).flush()
 
     @_guard

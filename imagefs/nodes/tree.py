@@ -22,6 +22,11 @@ class Tree:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.root = Root(ctx)
+        # Whether any node kind here carries extended attributes, or acts when a file is closed. While
+        # none does, the adapter answers ENOSYS once and the kernel stops asking: otherwise `ls -l`
+        # asks getxattr twice per entry (ACLs), and every close(2) costs a FLUSH round trip.
+        self.xattrs = False
+        self.flushes = False
 
     @property
     def read_only(self) -> bool:

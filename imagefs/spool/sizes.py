@@ -22,6 +22,7 @@ class Sizes:
         self.store = store
         self._sizes: dict[str, int] = {}
         self._forgotten: set[str] = set()
+        self._saving = trio.Lock()  # one merge at a time: two would race on the file and undo each other
 
     def load(self) -> None:
         """Blocking; at mount."""
@@ -40,12 +41,13 @@ class Sizes:
         self._forgotten.add(key)
 
     async def save(self) -> None:
-        ours = dict(self._sizes)
-        merged = await trio.to_thread.run_sync(self._write, ours, frozenset(self._forgotten))
-        merged.update((k, v) for k, v in self._sizes.items() if k not in ours)  # remembered meanwhile
-        for key in self._forgotten:
-            merged.pop(key, None)
-        self._sizes = _bounded(merged)
+        async with self._saving:
+            ours = dict(self._sizes)
+            merged = await trio.to_thread.run_sync(self._write, ours, frozenset(self._forgotten))
+            merged.update((k, v) for k, v in self._sizes.items() if k not in ours)  # remembered meanwhile
+            for key in self._forgotten:
+                merged.pop(key, None)
+            self._sizes = _bounded(merged)
 
     def _write(self, ours: dict[str, int], forgotten: frozenset[str]) -> dict[str, int]:
         theirs = _parse(self.store.read_small(FILE))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import stat as st
@@ -53,7 +54,7 @@ class Store:
         self.dir_fd = -1
         self.spool_fd = -1
         self.stored: dict[str, Stored] = {}  # complete spools by file name
-        self._parts = 0
+        self._serial = itertools.count(1)  # unique names from any thread (next() is atomic)
 
     # --- at mount (blocking) --------------------------------------------------------------
 
@@ -131,8 +132,7 @@ class Store:
 
     def create_part(self, name: str) -> tuple[str, int]:
         """A new, empty file to write an export into, and its name."""
-        self._parts += 1
-        part = f".{name}.{self._parts}.{os.getpid()}.part"
+        part = f".{name}.{next(self._serial)}.{os.getpid()}.part"
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=self.spool_fd)
         return part, fd
 
@@ -179,7 +179,7 @@ class Store:
 
     def write_small(self, name: str, data: bytes) -> None:
         """Replace a file atomically (another daemon may read it meanwhile)."""
-        tmp = f".{name}.{os.getpid()}.tmp"
+        tmp = f".{name}.{next(self._serial)}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o600, dir_fd=self.dir_fd)
         try:
             view = memoryview(data)
