@@ -22,15 +22,18 @@ class DocumentFile(File):
     data: bytes
     mtime: int
 
+    def __post_init__(self) -> None:
+        self._digest = digest(self.data)  # once: every lookup asks the key, every open the version
+
     @property
     def key(self) -> Hashable:
-        return ("document", self.path, digest(self.data))
+        return ("document", self.path, self._digest)
 
     async def stat(self) -> Stat:
         return Stat(st.S_IFREG | 0o444, len(self.data), self.mtime)
 
     async def open(self, flags: int) -> Handle:
-        return BytesHandle(self.data)
+        return BytesHandle(self.data, self._digest)
 
 
 async def image_document(ctx: Context, path: TreePath, image: Image, kind: str) -> DocumentFile:
