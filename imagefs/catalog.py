@@ -20,6 +20,7 @@ import trio
 
 from . import references
 from .engine import Engine
+from .options import default
 from .references import TreePath
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,8 @@ def pretty(doc: Any) -> bytes:
 
 class Catalog:
     def __init__(
-        self, engine: Engine, *, fallback_ttl: float = 1.0, live_ttl: float = 60.0,
-        cache_ttl: float = 60.0, cache_entries: int = 1024,
+        self, engine: Engine, *, fallback_ttl: float = default("list_ttl"), live_ttl: float = default("live_ttl"),
+        cache_ttl: float = default("cache_ttl"), cache_entries: int = default("cache_entries"),
     ) -> None:
         self.engine = engine
         self.fallback_ttl = fallback_ttl

@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import trio
 
+from ..options import default
+
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # The events stream may be silent for hours: without keepalive a peer that vanished (a half-open
 # TCP connection) would leave imagefs trusting its snapshot until --live-ttl instead of ~25 s.
@@ -51,8 +53,8 @@ class EngineConfig:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    timeout: float = 10.0  # seconds, for every call but the streams
-    stream_timeout: float = 120.0  # longest silence allowed inside an export stream
+    timeout: float = default("timeout")  # seconds, for every call but the streams
+    stream_timeout: float = default("stream_timeout")  # longest silence allowed inside an export stream
     dry_run: bool = False
     debug: bool = False
 
