@@ -234,7 +234,9 @@ def test_a_buffer_of_nothing_but_framing() -> None:
 def test_headers_arrive_in_pieces() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhe"
     with peer([head[i : i + 7] for i in range(0, len(head), 7)]) as sock:
-        assert _read_head(sock, "GET /x") == (head[: head.index(b"\r\n\r\n")], b"5\r\nhe")
+        got, rest = _read_head(sock, "GET /x")
+    # The head ends inside a piece; how much of the body has arrived with it is up to the scheduler.
+    assert got == head[: head.index(b"\r\n\r\n")] and b"5\r\nhe".startswith(rest)
 
 
 def test_a_head_too_long_is_refused() -> None:
