@@ -10,6 +10,7 @@ and FUSE) and `unit` (neither), so `pytest -m unit` runs the fast tier alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import os
@@ -386,6 +387,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=fuse_missing))
         else:
             item.add_marker(pytest.mark.unit)
+
+
+def dead(path: Path) -> bool:
+    """Is this a mount whose daemon is gone ("Transport endpoint is not connected")?"""
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> float:

@@ -24,6 +24,7 @@ import trio
 from conftest import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as stg
+from test_framing_unit import chunked
 
 from imagefs.engine import Engine, EngineConfig, bulkget
 from imagefs.engine.bulkget import MIN_RECV, Body, _Connection, _read_head
@@ -69,16 +70,6 @@ def read_body(sock: socket.socket, headers: dict[str, str], rest: bytes = b"", s
     while payload := body._read_into(buffer):
         out += payload
     return bytes(out)
-
-
-def chunked(payload: bytes, sizes: list[int], extension: bytes = b"", trailer: bytes = b"") -> bytes:
-    wire, pos, i = bytearray(), 0, 0
-    while pos < len(payload):
-        n = max(1, sizes[i % len(sizes)]) if sizes else len(payload)
-        piece = payload[pos : pos + n]
-        wire += b"%x%s\r\n%s\r\n" % (len(piece), extension, piece)
-        pos, i = pos + n, i + 1
-    return bytes(wire + b"0\r\n" + trailer + b"\r\n")
 
 
 def split(wire: bytes, cuts: list[int]) -> list[bytes]:

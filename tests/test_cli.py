@@ -16,8 +16,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import IMAGEFS, ROOT, Engine, Mount, mounted, wait_for
+from conftest import IMAGEFS, ROOT, Engine, Mount, dead, mounted, wait_for
 from hypothesis import given, settings
+from test_control_files import write
 from test_references import ENGINE_REFUSES, ENGINE_TAKES, tag_targets
 
 from imagefs import options
@@ -37,18 +38,6 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, (result.returncode, result.stderr)
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("imagefs: "), result.stderr
     return result.stderr.strip()
-
-
-def write(path: Path, text: str) -> int:
-    """One write(2), as `echo … > file` does: 0 or the errno."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, text.encode())
-    except OSError as exc:
-        return exc.errno or -1
-    finally:
-        os.close(fd)
-    return 0
 
 
 # --- options, the config file and their one-line failures (no engine needed) -----------------------
@@ -154,7 +143,7 @@ def test_umount_of_a_killed_daemon_removes_its_pidfile(engine: Engine, tmp: Path
         daemon = m.daemon_pid()
         assert pid.read_text() == f"{daemon}\n"
         os.kill(daemon, signal.SIGKILL)
-        wait_for(lambda: _dead(m.path), timeout=5)
+        wait_for(lambda: dead(m.path), timeout=5)
         result = run("umount", str(m.path))
         assert result.returncode == 0, result.stderr
         assert not os.path.ismount(m.path) and not pid.exists()
@@ -165,19 +154,11 @@ def test_umount_removes_no_other_daemons_pidfile(engine: Engine, tmp: Path) -> N
         pid = pidfile(m.path)
         daemon = m.daemon_pid()
         os.kill(daemon, signal.SIGKILL)
-        wait_for(lambda: _dead(m.path), timeout=5)
+        wait_for(lambda: dead(m.path), timeout=5)
         pid.write_text(f"{os.getpid()}\n")  # as if another daemon had written it meanwhile
         assert run("umount", str(m.path)).returncode == 0
         assert pid.read_text() == f"{os.getpid()}\n"
         pid.unlink()
-
-
-def _dead(path: Path) -> bool:
-    try:
-        os.listdir(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
 
 
 def test_readahead_is_raised_on_a_mountpoint_with_a_newline(engine: Engine, tmp: Path) -> None:

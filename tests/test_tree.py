@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IMAGEFS, Engine, Mount, Proxy, mount_imagefs, mounted, pretty, settled, unmount, wait_for
+from conftest import IMAGEFS, Engine, Mount, Proxy, dead, mount_imagefs, mounted, pretty, settled, unmount, wait_for
 
 
 def run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -178,18 +178,10 @@ def test_mount_without_engine_fails_with_one_line(tmp: Path) -> None:
 def test_umount_clears_a_mount_whose_daemon_was_killed(engine: Engine, tmp: Path) -> None:
     with mounted(engine, tmp) as m:
         os.kill(m.daemon_pid(), signal.SIGKILL)
-        wait_for(lambda: _dead(m.path), timeout=5)
+        wait_for(lambda: dead(m.path), timeout=5)
         result = run(*IMAGEFS, "umount", str(m.path))
         assert result.returncode == 0, result.stderr
         assert not os.path.ismount(m.path)
-
-
-def _dead(path: Path) -> bool:
-    try:
-        os.listdir(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
 
 
 def test_sigterm_unmounts_cleanly(engine: Engine, tmp: Path) -> None:
