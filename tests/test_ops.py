@@ -75,6 +75,7 @@ def run(engine: Engine, cache: Path, test: Callable[[Ops], Awaitable[None]]) -> 
                 exports = Exports(client, store, sizes, 1 << 30, "ops-test", nursery)
                 catalog = Catalog(client)
                 ops = Operations(Tree(Context(catalog, exports)))
+                ops.kernel.notify = lambda dentries, inodes: None  # no kernel to tell
                 await test(Ops(ops, catalog, exports))
                 nursery.cancel_scope.cancel()
             exports.close()

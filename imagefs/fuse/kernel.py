@@ -12,6 +12,7 @@ import errno
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -24,9 +25,17 @@ log = logging.getLogger(__name__)
 
 
 class Kernel:
-    def __init__(self, inodes: Inodes) -> None:
+    def __init__(self, inodes: Inodes, notify: Callable[[list[Dentry], list[int]], None] | None = None) -> None:
         self.inodes = inodes
+        self.notify = notify or _notify  # what tells the kernel (a test without a mount records instead)
         self._send, self._pending = trio.open_memory_channel[tuple[Invalidation | None, trio.Event]](math.inf)
+
+    async def refresh(self, ino: int) -> None:
+        """Have the kernel ask for this inode's attributes at its next stat or read, whatever it holds.
+
+        Attributes only: that takes no lock an open in progress holds, so a handler may wait for it.
+        """
+        await trio.to_thread.run_sync(self.notify, [], [ino])
 
     def invalidate_soon(self, what: Invalidation | None) -> trio.Event:
         """Queue what to forget (None: everything); the event is set once the kernel has."""
@@ -57,7 +66,7 @@ class Kernel:
             if touched:
                 inodes.append(ino)
         if dentries or inodes:
-            await trio.to_thread.run_sync(_notify, dentries, inodes)
+            await trio.to_thread.run_sync(self.notify, dentries, inodes)
 
 
 def _under(path: TreePath, trees: frozenset[TreePath]) -> bool:

@@ -34,7 +34,7 @@ async def export_stat(export: Export, mtime: int, wait: bool) -> Stat:
     if export.state is State.IDLE and export.stored is not None:
         return Stat(st.S_IFREG | 0o444, export.stored, mtime)
     if export.expected is not None:
-        # Unproven until an export is verified: reads check it before their end-of-file (ExportHandle).
+        # Unproven until an export is verified, which every open waits for before any read.
         return Stat(st.S_IFREG | 0o444, export.expected, mtime, volatile=True)
     if export.state is State.RUNNING and wait:
         await export.done.wait()
@@ -62,28 +62,34 @@ class ExportFile(File):
         return await export_stat(self.ctx.exports.current(self.content), self.mtime, wait=False)
 
     async def open(self, flags: int) -> Handle:
-        return ExportHandle(self.ctx.exports, await self.ctx.exports.open(self.content))
+        """Returns once the export is complete and verified (or fails with its error).
+
+        The kernel may have been told size 0 (not known yet) by a lookup or listing, and with an
+        attribute timeout of 0 it still trusts that for the rest of the jiffy: a read then would
+        be an end-of-file, `cat` would exit 0 with nothing. So no read may come before the size is
+        exact, and the kernel is made to ask for it again (`refreshes`) before the open returns.
+        """
+        export = await self.ctx.exports.open(self.content)
+        try:
+            await export.done.wait()
+            if export.error is not None:
+                raise export.error
+        except BaseException:
+            await self.ctx.exports.release(export)
+            raise
+        return ExportHandle(self.ctx.exports, export)
 
 
 @dataclass
 class ExportHandle(Handle):
-    """Served through the page cache even while the export grows: the kernel's reads past the size
-    it knows ask getattr first, which waits for the exact size; readers of one export share pages."""
+    """A complete, verified export, served through the page cache: readers of one export share pages."""
 
     exports: Exports
     export: Export
+    refreshes = True
 
     async def read(self, offset: int, size: int) -> memoryview:
-        export = self.export
-        while export.state in (State.IDLE, State.RUNNING) and export.size < offset + size:
-            await export.progress.wait()
-        if export.state is not State.COMPLETE and export.expected is not None and offset + size >= export.expected:
-            # This read reaches the end the kernel was told (a remembered size): the reader must
-            # not see end-of-file before the export is verified to have exactly that length.
-            await export.done.wait()
-        if export.error is not None:
-            raise export.error
-        return await self.exports.read(export, max(0, min(size, export.size - offset)), offset)
+        return await self.exports.read(self.export, max(0, min(size, self.export.size - offset)), offset)
 
     async def release(self) -> None:
         await self.exports.release(self.export)

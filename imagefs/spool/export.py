@@ -55,7 +55,6 @@ class Export:
     readers: int = 0
     map: mmap.mmap | None = None  # the complete spool, mapped for reads
     done: trio.Event = field(default_factory=trio.Event)
-    progress: trio.Event = field(default_factory=trio.Event)
     stopper: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
@@ -63,10 +62,8 @@ class Export:
         return self.content.key
 
     def advance(self, n: int) -> None:
-        """`n` more bytes are in the spool: wake the readers waiting for them."""
+        """`n` more bytes are in the spool."""
         self.size += n
-        self.progress.set()
-        self.progress = trio.Event()
 
     def complete(self) -> None:
         self.state = State.COMPLETE
@@ -79,4 +76,3 @@ class Export:
 
     def _end(self) -> None:
         self.done.set()
-        self.advance(0)
