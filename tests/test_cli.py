@@ -184,21 +184,6 @@ def _read_ahead_kb(mountpoint: Path) -> int | None:
 # --- what a control write reports -------------------------------------------------------------------
 
 
-def test_dry_run_outcomes_say_nothing_was_sent(engine: Engine, tmp: Path) -> None:
-    with mounted(engine, tmp, "--dry-run", expect=[r"^dry-run: would send (POST|DELETE) /v1\.41/images/"]) as m:
-        before = engine.tags()
-        assert write(m / "hello:latest/tag", "dry/run:1\n") == 0
-        assert write(m / "hello:latest/delete", "force\n") == 0
-        assert write(m / ".imagefs/prune", "all until=24h\n") == 0
-        assert engine.tags() == before
-        assert (m / "hello:latest/tag").read_text().endswith(
-            "last: dry-run: would tag hello:latest as dry/run:1; nothing sent\n")
-        assert (m / "hello:latest/delete").read_text().endswith(
-            "last: dry-run: would delete hello:latest (force); nothing sent\n")
-        assert (m / ".imagefs/prune").read_text().endswith(
-            "last: dry-run: would prune images (filters dangling=false until=24h); nothing sent\n")
-
-
 @pytest.mark.parametrize("name", ["Foo/bar:1", "[::1]:5000/x:1", "a" * 238 + ":1", "0" * 64 + ":1"])
 def test_a_name_the_engine_would_refuse_is_einval_and_never_sent(engine: Engine, tmp: Path, name: str) -> None:
     with mounted(engine, tmp, "--debug") as m:

@@ -173,13 +173,19 @@ def test_read_only_refuses_every_write(engine: Engine, tmp: Path) -> None:
 
 
 def test_dry_run_logs_and_changes_nothing(engine: Engine, tmp: Path) -> None:
-    # Dry-run warns of each request it holds back.
+    # Dry-run warns of each request it holds back, and each outcome says nothing was sent.
     with mounted(engine, tmp, "--dry-run", expect=[r"^dry-run: would send (POST|DELETE) /v1\.41/images/"]) as m:
         before = engine.tags()
         assert write(m / "hello:latest/tag", "dry/run:1") == 0
-        assert write(m / "hello:latest/delete", "force") == 0
-        assert write(m / ".imagefs/prune", "all") == 0
+        assert write(m / "hello:latest/delete", "force\n") == 0
+        assert write(m / ".imagefs/prune", "all until=24h\n") == 0
         assert engine.tags() == before
+        assert (m / "hello:latest/tag").read_text().endswith(
+            "last: dry-run: would tag hello:latest as dry/run:1; nothing sent\n")
+        assert (m / "hello:latest/delete").read_text().endswith(
+            "last: dry-run: would delete hello:latest (force); nothing sent\n")
+        assert (m / ".imagefs/prune").read_text().endswith(
+            "last: dry-run: would prune images (filters dangling=false until=24h); nothing sent\n")
         log = m.log_text()
         assert "dry-run: would send POST /v1.41/images/hello:latest/tag?repo=dry%2Frun&tag=1" in log
         assert "dry-run: would send DELETE /v1.41/images/hello:latest?force=true&noprune=false" in log

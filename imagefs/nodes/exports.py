@@ -19,27 +19,22 @@ from ..spool.export import Content, Export, State
 from ..spool.exports import Exports
 from .base import Context, File, Handle, Stat
 
-UNKNOWN = Stat(st.S_IFREG | 0o440, 0, 0, volatile=True)
-
 
 async def export_stat(export: Export, mtime: int, wait: bool) -> Stat:
-    """Only ever an exact size (or the 0 that sends a reader back to stat)."""
-    exact = Stat(st.S_IFREG | 0o444, export.size, mtime)
-    if export.state is State.FAILED:
-        if wait and export.error is not None:
-            raise export.error
-        return Stat(UNKNOWN.mode, 0, mtime, volatile=True)  # the volatile 0 sends a reader to stat, which fails
+    """Only ever an exact size, or the volatile 0 that sends a reader back to stat."""
+    if export.state is State.FAILED and wait and export.error is not None:
+        raise export.error
     if export.state is State.COMPLETE:
-        return exact
+        return Stat(st.S_IFREG | 0o444, export.size, mtime)
     if export.state is State.IDLE and export.stored is not None:
         return Stat(st.S_IFREG | 0o444, export.stored, mtime)
-    if export.expected is not None:
+    if export.state is not State.FAILED and export.expected is not None:
         # Unproven until an export is verified, which every open waits for before any read.
         return Stat(st.S_IFREG | 0o444, export.expected, mtime, volatile=True)
     if export.state is State.RUNNING and wait:
         await export.done.wait()
         return await export_stat(export, mtime, wait)
-    return Stat(UNKNOWN.mode, 0, mtime, volatile=True)
+    return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)  # failed (a listing goes on), or not known yet
 
 
 @dataclass

@@ -71,8 +71,10 @@ class Exports:
 
     def _fresh(self, content: Content) -> Export:
         name = spool_name(content.key)
-        stored = self.store.stored.get(name)
-        return Export(content, name, expected=self.sizes.get(content.key), stored=stored.size if stored else None)
+        kept = self.store.stored.get(name)
+        stored = kept.size if kept else None
+        # What readers may be told before an export runs: a stored spool's size, else a remembered one.
+        return Export(content, name, stored=stored, expected=stored if kept else self.sizes.get(content.key))
 
     async def open(self, content: Content) -> Export:
         """Join the export of this content, or start one (a failed one is never joined)."""
@@ -105,8 +107,6 @@ class Exports:
 
     def _start(self, export: Export) -> None:
         export.state = State.RUNNING
-        # What readers may have been told: the size of a stored spool that could not be used, or a remembered one.
-        export.expected = export.stored if export.stored is not None else self.sizes.get(export.key)
         self.nursery.start_soon(self._run, export)
 
     async def _adopt(self, export: Export) -> bool:
