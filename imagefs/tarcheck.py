@@ -45,10 +45,10 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
         header = read(offset, BLOCK)
         if header == bytes(BLOCK):
             return Walk(_tail(read, offset, size), kept)
-        problem = _checksum(header)
+        problem = checksum_problem(header)
         if problem:
             return Walk(f"no tar header at byte {offset}: {problem}")
-        length = _size(header[124:136]) if "size" not in pax else _pax_size(pax["size"])
+        length = number(header[124:136]) if "size" not in pax else _pax_size(pax["size"])
         if length is None:
             return Walk(f"the header at byte {offset} has no readable size")
         kind = header[156]
@@ -73,12 +73,17 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
 
 
 def _name(header: bytes) -> str:
+    return member_name(header).decode("utf-8", "replace")
+
+
+def member_name(header: bytes) -> bytes:
+    """A header's own name field, with the ustar prefix."""
     name = header[:100].split(b"\0", 1)[0]
     if header[257:262] == b"ustar":
         prefix = header[345:500].split(b"\0", 1)[0]
         if prefix:
             name = prefix + b"/" + name
-    return name.decode("utf-8", "replace")
+    return name
 
 
 def _pax_size(value: str) -> int | None:
@@ -86,11 +91,19 @@ def _pax_size(value: str) -> int | None:
 
 
 def _pax_records(data: bytes) -> dict[str, str] | None:
+    records = pax_records(data)
+    if records is None:
+        return None
+    return {key.decode("utf-8", "replace"): value.decode("utf-8", "replace") for key, value in records.items()}
+
+
+def pax_records(data: bytes) -> dict[bytes, bytes] | None:
     """The "LENGTH KEY=VALUE\n" records of an extended header (the last of a key wins), or None if malformed.
 
-    Each record is found by its length: a value may itself hold newlines and "size=".
+    Each record is found by its length: a value may itself hold newlines and "size=". Values are
+    bytes: an extended attribute's value (security.capability) is binary.
     """
-    records: dict[str, str] = {}
+    records: dict[bytes, bytes] = {}
     pos = 0
     data = data.rstrip(b"\0")
     while pos < len(data):
@@ -103,7 +116,7 @@ def _pax_records(data: bytes) -> dict[str, str] | None:
         key, sep, value = data[space + 1 : end - 1].partition(b"=")
         if not sep:
             return None
-        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        records[key] = value
         pos = end
     return records
 
@@ -117,7 +130,7 @@ def _tail(read: Read, offset: int, size: int) -> str | None:
     return None
 
 
-def _checksum(header: bytes) -> str | None:
+def checksum_problem(header: bytes) -> str | None:
     field = header[148:156].replace(b"\0", b" ").strip()
     if not field or field.strip(b"01234567"):
         return f"checksum field {header[148:156]!r}"
@@ -129,7 +142,7 @@ def _checksum(header: bytes) -> str | None:
     return None
 
 
-def _size(field: bytes) -> int | None:
+def number(field: bytes) -> int | None:
     if field[0] & 0x80:  # base-256, for sizes of 8 GiB and more
         if field[0] != 0x80:
             return None  # negative

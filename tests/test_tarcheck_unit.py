@@ -98,9 +98,9 @@ def test_anything_but_zeros_after_the_end_fails() -> None:
 
 
 def test_sizes_in_base_256_and_in_extended_headers() -> None:
-    assert tarcheck._size(b"\x80" + (9 << 30).to_bytes(11, "big")) == 9 << 30
-    assert tarcheck._size(b"\xff" * 12) is None
-    assert tarcheck._size(b"00000000012\0") == 10
+    assert tarcheck.number(b"\x80" + (9 << 30).to_bytes(11, "big")) == 9 << 30
+    assert tarcheck.number(b"\xff" * 12) is None
+    assert tarcheck.number(b"00000000012\0") == 10
     # A PAX size record stands for the next member's size (as for members of 8 GiB and more):
     # with the header's own field zeroed, only the record leads the walk to the marker.
     out = io.BytesIO()

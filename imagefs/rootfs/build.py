@@ -1,0 +1,179 @@
+"""Index one image's save into SQLite: the merged rootfs, each layer's own files, what each layer removed.
+
+Blocking, run once per image ID (the index of an image never changes). Rows are
+kept WITHOUT ROWID under (parent, name): a lookup is one B-tree probe and a
+listing one range scan, and no second index repeats the names. A file's row
+holds where its bytes are: the layer, and the offset in that layer's
+uncompressed tar, so any save of the image (another reference, another engine)
+serves it once that layer's place in the save is known. Compressed layers are
+inflated once into a side file beside the index.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sqlite3
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from .members import BadArchive, members
+from .merge import Entry, Layer, Merge, implicit_dir, new_entry
+from .save import LayerRef, read_save
+
+FORMAT = 1
+ROOTFS = b"rootfs"
+BATCH = 4096
+
+SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE layer(n INTEGER PRIMARY KEY, diff_id TEXT, member TEXT, compression TEXT, source TEXT,
+                   size INTEGER, created_by TEXT, wasted INTEGER, entries INTEGER, changes BLOB);
+CREATE TABLE node(parent INTEGER, name BLOB, id INTEGER, kind INTEGER, mode INTEGER, uid INTEGER, gid INTEGER,
+                  mtime INTEGER, size INTEGER, layer INTEGER, offset INTEGER, link BLOB, rdev INTEGER, ino INTEGER,
+                  nlink INTEGER, PRIMARY KEY(parent, name)) WITHOUT ROWID;
+CREATE TABLE xattr(ino INTEGER, key BLOB, value BLOB, PRIMARY KEY(ino, key)) WITHOUT ROWID;
+"""
+
+
+def files_tree(n: int) -> bytes:
+    return b"files/%d" % n
+
+
+def removed_tree(n: int) -> bytes:
+    return b"removed/%d" % n
+
+
+def build(save_fd: int, db: Path, side_dir: Path) -> int:
+    """Index the save in `save_fd` into a new database at `db`; the number of rows written."""
+    with mmap.mmap(save_fd, os.fstat(save_fd).st_size, prot=mmap.PROT_READ) as area:
+        save = read_save(area)
+        merge = Merge()
+        sources = []
+        for ref in save.layers:
+            if ref.compression:
+                source = _inflate(area, ref, side_dir)
+                with open(side_dir / source, "rb") as side, mmap.mmap(side.fileno(), 0, prot=mmap.PROT_READ) as buf:
+                    merge.apply(members(buf))
+            else:
+                source = ""
+                merge.apply(members(area, ref.offset, ref.offset + ref.size))
+            sources.append(source)
+        return _write(db, save.layers, sources, merge)
+
+
+def _inflate(area: mmap.mmap, ref: LayerRef, side_dir: Path) -> str:
+    """A compressed layer's tar, inflated once into a file named by its diff ID (shared by every image)."""
+    name = ref.diff_id.removeprefix("sha256:") + ".tar"
+    if (side_dir / name).exists():
+        return name
+    if ref.compression != "gzip":
+        raise BadArchive(f"layer {ref.member} is {ref.compression}-compressed: not readable here")
+    part = side_dir / f".{name}.{os.getpid()}.part"
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        with open(part, "wb") as out:
+            for at in range(ref.offset, ref.offset + ref.size, 1 << 20):
+                out.write(inflater.decompress(area[at : min(at + (1 << 20), ref.offset + ref.size)]))
+            out.write(inflater.flush())
+        if not inflater.eof:
+            raise BadArchive(f"layer {ref.member} is a gzip stream cut short")
+    except zlib.error as exc:
+        raise BadArchive(f"layer {ref.member} is not the gzip stream it starts as: {exc}") from None
+    finally:
+        if not inflater.eof:
+            part.unlink(missing_ok=True)
+    part.rename(side_dir / name)
+    return name
+
+
+def _write(db: Path, refs: list[LayerRef], sources: list[str], merge: Merge) -> int:
+    con = sqlite3.connect(db)
+    try:
+        con.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
+        ids = _Ids()
+        trees = [(ROOTFS, merge.root)]
+        for n, layer in enumerate(merge.layers):
+            trees += [(files_tree(n), layer.own), (removed_tree(n), _removed_root(layer))]
+        rows = 0
+        for name, root in trees:
+            for batch in _batches(_rows(name, root, ids)):
+                con.executemany("INSERT INTO node VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+                rows += len(batch)
+        con.executemany("INSERT INTO xattr VALUES (?,?,?)", ids.xattrs)
+        con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?,?)", [
+            (n, ref.diff_id, ref.member, ref.compression, source, ref.size, ref.created_by, layer.wasted,
+             sum(1 for _ in layer.own.walk()) - 1, _changes(layer))
+            for n, (ref, source, layer) in enumerate(zip(refs, sources, merge.layers, strict=True))])
+        con.executemany("INSERT INTO meta VALUES (?,?)", [("format", FORMAT), ("rows", rows)])
+        con.commit()
+        return rows
+    finally:
+        con.close()
+
+
+class _Ids:
+    """Row ids, and inode numbers: one per content, shared by the paths of a hardlink set."""
+
+    def __init__(self) -> None:
+        self.next_id = 1
+        self.inos: dict[int, int] = {}
+        self.xattrs: list[tuple[int, bytes, bytes]] = []
+
+    def row(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def ino(self, entry: Entry) -> int:
+        key = id(entry.inode)
+        ino = self.inos.get(key)
+        if ino is None:
+            ino = self.inos[key] = len(self.inos) + 1
+            self.xattrs += [(ino, k, v) for k, v in (entry.inode.xattrs or {}).items()]
+        return ino
+
+
+def _rows(tree: bytes, root: Entry, ids: _Ids) -> Iterator[tuple[object, ...]]:
+    """A tree's rows, parents first; its root is the row (0, tree)."""
+    links = Counter(id(e.inode) for _, e in root.walk() if e.children is None)
+    pending = [(0, tree, root)]
+    while pending:
+        parent, name, entry = pending.pop()
+        row, i = ids.row(), entry.inode
+        children = entry.children
+        nlink = 2 + sum(c.children is not None for c in children.values()) if children is not None \
+            else links[id(i)]
+        yield (parent, name, row, i.kind, i.mode, i.uid, i.gid, i.mtime, i.size, i.layer, i.offset, i.link,
+               os.makedev(*i.rdev), ids.ino(entry), nlink)
+        pending += [(row, child_name, child) for child_name, child in (children or {}).items()]
+
+
+def _removed_root(layer: Layer) -> Entry:
+    """What a layer removed or replaced, as it was, at the paths it had."""
+    root = new_entry(implicit_dir(), -1)
+    for path, old in sorted(layer.removed.items()):
+        here = root
+        for name in path[:-1]:
+            assert here.children is not None
+            here = here.children.setdefault(name, new_entry(implicit_dir(), -1))
+        if here.children is not None:
+            here.children[path[-1]] = old
+    return root
+
+
+def _changes(layer: Layer) -> bytes:
+    return b"".join(b"%s /%s\n" % (letter.encode(), b"/".join(path))
+                    for path, letter in sorted(layer.changes.items(), key=lambda item: b"/".join(item[0])))
+
+
+def _batches(rows: Iterator[tuple[object, ...]]) -> Iterator[list[tuple[object, ...]]]:
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

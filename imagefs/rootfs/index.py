@@ -1,0 +1,97 @@
+"""One image's index, read: rows by (parent, name), listings, extended attributes, layers.
+
+Each query is one B-tree probe or range scan of a small database in the page
+cache (microseconds), so the nodes ask it inline; the database never changes
+once built, so nothing here locks or invalidates.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from .build import FORMAT, ROOTFS, files_tree, removed_tree
+
+_COLUMNS = "name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    name: bytes
+    id: int
+    kind: int  # the tar type flag: b"0" regular … b"6" fifo
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int
+    layer: int  # whose tar holds its bytes (-1: none)
+    offset: int  # in that layer's uncompressed tar
+    link: bytes
+    rdev: int
+    ino: int
+    nlink: int
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    n: int
+    diff_id: str
+    member: str
+    compression: str
+    source: str  # the inflated side file of a compressed layer, else ""
+    size: int
+    created_by: str
+    wasted: int
+    entries: int
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            version = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ValueError(f"{path} is not an index: {exc}") from None
+        if version is None or version[0] != FORMAT:
+            self._db.close()
+            raise ValueError(f"{path} is an index of another format ({version})")
+        self.layers = [LayerInfo(*row) for row in self._db.execute(
+            "SELECT n, diff_id, member, compression, source, size, created_by, wasted, entries FROM layer ORDER BY n")]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def root(self) -> Row:
+        return self._tree(ROOTFS)
+
+    def layer_files(self, n: int) -> Row:
+        return self._tree(files_tree(n))
+
+    def layer_removed(self, n: int) -> Row:
+        return self._tree(removed_tree(n))
+
+    def _tree(self, name: bytes) -> Row:
+        row = self.lookup(0, name)
+        if row is None:
+            raise ValueError(f"{self.path} has no tree {name!r}")
+        return row
+
+    def lookup(self, parent: int, name: bytes) -> Row | None:
+        found = self._db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent = ? AND name = ?", (parent, name))
+        row = found.fetchone()
+        return Row(*row) if row else None
+
+    def children(self, parent: int) -> list[Row]:
+        return [Row(*row) for row in self._db.execute(
+            f"SELECT {_COLUMNS} FROM node WHERE parent = ? ORDER BY name", (parent,))]
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        return dict(self._db.execute("SELECT key, value FROM xattr WHERE ino = ?", (ino,)).fetchall())
+
+    def changes(self, n: int) -> bytes:
+        row = self._db.execute("SELECT changes FROM layer WHERE n = ?", (n,)).fetchone()
+        return bytes(row[0]) if row else b""

@@ -1,0 +1,208 @@
+"""The rootfs index from tar bytes made here: save layouts, whiteout rules, hardlinks, xattrs, layer views."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as stg
+from rootfs_tars import M, layer, save
+
+from imagefs.rootfs.build import build
+from imagefs.rootfs.index import Index, Row
+from imagefs.rootfs.members import BadArchive
+
+Tree = dict[str, Row]
+
+
+def index_of(data: bytes, where: Path) -> Index:
+    spool = where / "save.tar"
+    spool.write_bytes(data)
+    db = where / "index.sqlite"
+    db.unlink(missing_ok=True)
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        build(fd, db, where)
+    finally:
+        os.close(fd)
+    return Index(db)
+
+
+def walk(ix: Index, row: Row, path: str = "") -> Iterator[tuple[str, Row]]:
+    for child in ix.children(row.id):
+        sub = f"{path}/{os.fsdecode(child.name)}"
+        yield sub, child
+        if child.kind == ord("5"):
+            yield from walk(ix, child, sub)
+
+
+def rootfs(layers: list[bytes], tmp_path: Path, **kw: object) -> tuple[Tree, Index, bytes]:
+    data = save(layers, **kw)  # type: ignore[arg-type]
+    ix = index_of(data, tmp_path)
+    return dict(walk(ix, ix.root())), ix, data
+
+
+def content(ix: Index, data: bytes, row: Row, where: Path | None = None) -> bytes:
+    """A file's bytes where its row says they are: the layer's member in the save, or its side file."""
+    info = ix.layers[row.layer]
+    if info.source:
+        assert where is not None
+        return (where / info.source).read_bytes()[row.offset : row.offset + row.size]
+    start = _member_offset(data, info.member)
+    return data[start + row.offset : start + row.offset + row.size]
+
+
+def _member_offset(data: bytes, name: str) -> int:
+    from imagefs.rootfs.save import read_save
+
+    return next(ref.offset for ref in read_save(data).layers if ref.member == name)
+
+
+@pytest.mark.parametrize(("layout", "compress"), [("legacy", False), ("oci", False), ("podman", False), ("oci", True)])
+def test_every_layout_reads_the_same_tree(layout: str, compress: bool, tmp_path: Path) -> None:
+    layers = [layer(M("etc", "dir", mode=0o755), M("etc/passwd", data=b"root:x:0:0\n")),
+              layer(M("etc", "dir", mode=0o750), M("etc/group", data=b"root:x:0:\n", uid=5, gid=6))]
+    tree, ix, data = rootfs(layers, tmp_path, layout=layout, compress=compress)
+    assert sorted(tree) == ["/etc", "/etc/group", "/etc/passwd"]
+    assert tree["/etc"].mode == 0o750
+    assert (tree["/etc/group"].uid, tree["/etc/group"].gid) == (5, 6)
+    assert content(ix, data, tree["/etc/passwd"], tmp_path) == b"root:x:0:0\n"
+    assert [info.created_by for info in ix.layers] == ["RUN step 0", "RUN step 1"]
+    assert [info.compression for info in ix.layers] == ["gzip" if compress else ""] * 2
+
+
+def test_whiteouts_hide_lower_layers_only(tmp_path: Path) -> None:
+    tree, ix, _ = rootfs([
+        layer(M("d", "dir"), M("d/old", data=b"1"), M("c", data=b"lower"), M("gone", data=b"g")),
+        # the opaque marker listed after the dir's new child; a whiteout after the re-add of its name
+        layer(M("d", "dir"), M("d/new", data=b"2"), M("d/.wh..wh..opq"), M("c", data=b"upper"), M(".wh.c"),
+              M(".wh.gone"), M(".wh.never-there")),
+    ], tmp_path)
+    assert sorted(tree) == ["/c", "/d", "/d/new"]
+    assert tree["/c"].size == 5
+    assert ix.changes(1).decode().splitlines() == ["C /c", "C /d", "A /d/new", "D /d/old", "D /gone"]
+
+
+def test_a_file_replaces_a_directory_and_a_directory_a_file(tmp_path: Path) -> None:
+    tree, _, _ = rootfs([
+        layer(M("x", "dir"), M("x/inner", data=b"1"), M("y", data=b"file")),
+        layer(M("x", data=b"now a file"), M("y", "dir"), M("y/inner", data=b"2")),
+    ], tmp_path)
+    assert sorted(tree) == ["/x", "/y", "/y/inner"]
+    assert tree["/x"].kind == ord("0") and tree["/y"].kind == ord("5")
+
+
+def test_parents_through_symlinks_and_implicit_parents(tmp_path: Path) -> None:
+    deep = "p/" + "q" * 100 + "/" + "r" * 100 + "/leaf"
+    tree, _, _ = rootfs([
+        layer(M("usr", "dir"), M("usr/lib", "dir"), M("lib", "symlink", b"usr/lib"), M("abs", "symlink", b"/usr")),
+        layer(M("lib/two", data=b"2"), M("abs/three", data=b"3"), M(deep, data=b"d"), M("../escape", data=b"e")),
+    ], tmp_path)
+    assert {"/usr/lib/two", "/usr/three", "/" + deep, "/p"} <= set(tree)
+    assert "/lib/two" not in tree and not any("escape" in p for p in tree)
+    assert tree["/p"].mode == 0o755 and tree["/lib"].link == b"usr/lib"
+
+
+def test_hardlinks_share_an_inode_and_keep_old_bytes(tmp_path: Path) -> None:
+    tree, ix, data = rootfs([
+        layer(M("a", data=b"first"), M("b", "hardlink", b"a"), M("c", "hardlink", b"a")),
+        layer(M("link-to-lower", "hardlink", b"a"), M(".wh.a"), M("b", data=b"new b")),
+    ], tmp_path)
+    assert tree["/c"].ino == tree["/link-to-lower"].ino != tree["/b"].ino
+    assert tree["/c"].nlink == 2 and tree["/b"].nlink == 1
+    assert content(ix, data, tree["/link-to-lower"]) == b"first"
+    assert content(ix, data, tree["/b"]) == b"new b"
+
+
+def test_attributes_devices_fifos_and_xattrs(tmp_path: Path) -> None:
+    tree, ix, _ = rootfs([layer(
+        M("ping", data=b"x", mode=0o4755, uid=1000, gid=1001, mtime=981173106,
+          xattrs={"security.capability": "\x01\x00\x00\x02", "user.demo": "ü"}),
+        M("fifo", "fifo"), M("null", "char"), M("s", "symlink", b"/etc/passwd", mode=0o644),
+    )], tmp_path)
+    ping = tree["/ping"]
+    assert (ping.mode, ping.uid, ping.gid, ping.mtime) == (0o4755, 1000, 1001, 981173106)
+    assert ix.xattrs(ping.ino) == {b"security.capability": b"\x01\x00\x00\x02", b"user.demo": "ü".encode()}
+    assert tree["/fifo"].kind == ord("6") and tree["/null"].rdev == os.makedev(1, 3)
+    assert tree["/s"].link == b"/etc/passwd"
+
+
+def test_layer_views_hold_own_files_and_what_was_removed(tmp_path: Path) -> None:
+    _, ix, data = rootfs([
+        layer(M("d", "dir"), M("d/f", data=b"old bytes"), M("keep", data=b"k")),
+        layer(M(".wh.d"), M("new", data=b"n")),
+    ], tmp_path)
+    own = dict(walk(ix, ix.layer_files(1)))
+    removed = dict(walk(ix, ix.layer_removed(1)))
+    assert sorted(own) == ["/new"] and sorted(removed) == ["/d", "/d/f"]
+    assert content(ix, data, removed["/d/f"]) == b"old bytes"
+    assert ix.layers[0].wasted == len(b"old bytes") and ix.layers[1].wasted == 0
+
+
+def test_a_cut_or_odd_save_is_an_error(tmp_path: Path) -> None:
+    data = save([layer(M("a", data=b"1"))])
+    with pytest.raises(BadArchive):
+        index_of(data[:1024], tmp_path)
+    with pytest.raises(BadArchive):
+        index_of(save([gzip.compress(layer(M("a")))[:-20]]), tmp_path)  # a gzip layer cut short
+    with pytest.raises(BadArchive):
+        index_of(save([b"\x1f\x8b" + b"not really gzip" * 40]), tmp_path)
+
+
+# --- the merge against a model: paths of a few names, files, directories, whiteouts --------------
+
+NAMES = ["a", "b", "c"]
+paths = stg.lists(stg.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
+members = stg.lists(stg.tuples(stg.sampled_from(["file", "dir", "wh", "opq"]), paths), max_size=8)
+
+
+def model(layers: list[list[tuple[str, str]]]) -> dict[str, str]:
+    """OCI layer rules, plainly: whiteouts first (lower layers only), then members in order."""
+    tree: dict[str, str] = {}
+
+    def drop(path: str) -> None:
+        for p in [p for p in tree if p == path or p.startswith(path + "/")]:
+            del tree[p]
+
+    for members_ in layers:
+        for kind, path in members_:
+            parent, _, name = path.rpartition("/")
+            if kind == "wh":
+                drop(f"{parent}/{name}".lstrip("/"))
+            elif kind == "opq" and tree.get(path) == "dir":
+                for p in [p for p in tree if p.startswith(path + "/")]:
+                    del tree[p]
+        for kind, path in members_:
+            parts = path.split("/")
+            if kind in ("wh", "opq") or any(tree.get("/".join(parts[:i])) == "file" for i in range(1, len(parts))):
+                continue
+            for i in range(1, len(parts)):
+                tree.setdefault("/".join(parts[:i]), "dir")
+            if not (kind == "dir" and tree.get(path) == "dir"):
+                drop(path)
+                tree[path] = kind
+    return tree
+
+
+def as_member(kind: str, path: str) -> M:
+    parent, _, name = path.rpartition("/")
+    if kind == "wh":
+        return M(f"{parent}/.wh.{name}".lstrip("/"))
+    if kind == "opq":
+        return M(f"{path}/.wh..wh..opq")
+    return M(path, kind, b"x" if kind == "file" else b"")
+
+
+@settings(max_examples=150, deadline=None)
+@given(stg.lists(members, min_size=1, max_size=4))
+def test_merge_matches_the_model(layers: list[list[tuple[str, str]]]) -> None:
+    with tempfile.TemporaryDirectory() as where:
+        ix = index_of(save([layer(*(as_member(k, p) for k, p in ms)) for ms in layers]), Path(where))
+        got = {p.lstrip("/"): "dir" if r.kind == ord("5") else "file" for p, r in walk(ix, ix.root())}
+        ix.close()
+    assert got == model(layers)
