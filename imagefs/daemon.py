@@ -57,7 +57,8 @@ class MountOptions:
 
     def fuse_options(self) -> set[str]:
         opts = set(pyfuse3.default_options)
-        opts |= {"fsname=imagefs", "subtype=imagefs", "ro" if self.read_only else "rw"}
+        # nodev, nosuid: rootfs/ holds the image's device nodes and setuid files, never to be used here.
+        opts |= {"fsname=imagefs", "subtype=imagefs", "ro" if self.read_only else "rw", "nodev", "nosuid"}
         if self.allow_other:
             opts.add("allow_other")
         else:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as stg
 from rootfs_tars import M, layer, save
 
-from imagefs.rootfs.build import build
+from imagefs.rootfs.build import ROOTFS, build, files_tree, removed_tree
 from imagefs.rootfs.index import Index, Row
 from imagefs.rootfs.members import BadArchive
 
@@ -44,7 +44,7 @@ def walk(ix: Index, row: Row, path: str = "") -> Iterator[tuple[str, Row]]:
 def rootfs(layers: list[bytes], tmp_path: Path, **kw: object) -> tuple[Tree, Index, bytes]:
     data = save(layers, **kw)  # type: ignore[arg-type]
     ix = index_of(data, tmp_path)
-    return dict(walk(ix, ix.root())), ix, data
+    return dict(walk(ix, ix.tree(ROOTFS))), ix, data
 
 
 def content(ix: Index, data: bytes, row: Row, where: Path | None = None) -> bytes:
@@ -137,8 +137,8 @@ def test_layer_views_hold_own_files_and_what_was_removed(tmp_path: Path) -> None
         layer(M("d", "dir"), M("d/f", data=b"old bytes"), M("keep", data=b"k")),
         layer(M(".wh.d"), M("new", data=b"n")),
     ], tmp_path)
-    own = dict(walk(ix, ix.layer_files(1)))
-    removed = dict(walk(ix, ix.layer_removed(1)))
+    own = dict(walk(ix, ix.tree(files_tree(1))))
+    removed = dict(walk(ix, ix.tree(removed_tree(1))))
     assert sorted(own) == ["/new"] and sorted(removed) == ["/d", "/d/f"]
     assert content(ix, data, removed["/d/f"]) == b"old bytes"
     assert ix.layers[0].wasted == len(b"old bytes") and ix.layers[1].wasted == 0
@@ -203,6 +203,6 @@ def as_member(kind: str, path: str) -> M:
 def test_merge_matches_the_model(layers: list[list[tuple[str, str]]]) -> None:
     with tempfile.TemporaryDirectory() as where:
         ix = index_of(save([layer(*(as_member(k, p) for k, p in ms)) for ms in layers]), Path(where))
-        got = {p.lstrip("/"): "dir" if r.kind == ord("5") else "file" for p, r in walk(ix, ix.root())}
+        got = {p.lstrip("/"): "dir" if r.kind == ord("5") else "file" for p, r in walk(ix, ix.tree(ROOTFS))}
         ix.close()
     assert got == model(layers)

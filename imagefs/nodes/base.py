@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ..catalog import Catalog
 from ..errors import NotPermitted, ReadOnly
 from ..references import TreePath
+from ..rootfs.indexes import Indexes
 from ..spool.exports import Exports
 
 
@@ -36,12 +37,17 @@ class Stat:
 
 @dataclass
 class Context:
-    """What every node of one mount reaches: the catalog, the exports, the mount's mode, control outcomes."""
+    """What every node of one mount reaches: the catalog, the exports, the mount's mode, control outcomes,
+    the images' indexes (beside the spools)."""
 
     catalog: Catalog
     exports: Exports
     read_only: bool = False
     outcomes: dict[TreePath, str] = field(default_factory=dict)
+    rootfs: Indexes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rootfs = Indexes(self.exports, self.exports.store.path / "rootfs")
 
 
 class Node(ABC):

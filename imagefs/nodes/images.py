@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from .. import controls, references
 from ..catalog import Image
 from ..references import TreePath
+from ..rootfs.build import ROOTFS
 from .base import Context, Dir, Node, Stat, dir_stat
 from .controls import ControlFile
 from .documents import image_document, version_document
 from .exports import ExportFile
+from .rootfs import TreeDir, View
 
 RESERVED = ".imagefs"
 IDS = "ids"
@@ -37,6 +39,10 @@ async def _export(ctx: Context, path: TreePath, image: Image, target: str) -> No
     return ExportFile(ctx, path, ctx.exports.for_image(image.id, target), image.created)
 
 
+async def _rootfs(ctx: Context, path: TreePath, image: Image, target: str) -> Node:
+    return TreeDir(View(ctx, image.id, target, ROOTFS), path, image.created)
+
+
 def _control(name: str) -> ImageFile:
     async def make(ctx: Context, path: TreePath, image: Image, target: str) -> Node:
         return ControlFile(ctx, path, controls.COMMANDS[name], target, image.id, image.created)
@@ -47,7 +53,7 @@ def _control(name: str) -> ImageFile:
 # The files of every image directory, in listing order; `target` is what the engine calls the image.
 IMAGE_FILES: dict[str, ImageFile] = {
     "inspect": _inspect, "history": _history, "export.tar": _export, "tag": _control("tag"),
-    "delete": _control("delete"),
+    "delete": _control("delete"), "rootfs": _rootfs,
 }
 
 

@@ -25,7 +25,7 @@ class Tree:
         # Whether any node kind here carries extended attributes, or acts when a file is closed. While
         # none does, the adapter answers ENOSYS once and the kernel stops asking: otherwise `ls -l`
         # asks getxattr twice per entry (ACLs), and every close(2) costs a FLUSH round trip.
-        self.xattrs = False
+        self.xattrs = True  # the files in rootfs/ have theirs
         self.flushes = False
 
     @property

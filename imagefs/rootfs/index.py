@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import FORMAT, ROOTFS, files_tree, removed_tree
+from .build import FORMAT
 
 _COLUMNS = "name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink"
 
@@ -50,10 +50,13 @@ class LayerInfo:
 class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise ValueError(f"no index at {path}: {exc}") from None
         try:
             version = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             self._db.close()
             raise ValueError(f"{path} is not an index: {exc}") from None
         if version is None or version[0] != FORMAT:
@@ -65,16 +68,8 @@ class Index:
     def close(self) -> None:
         self._db.close()
 
-    def root(self) -> Row:
-        return self._tree(ROOTFS)
-
-    def layer_files(self, n: int) -> Row:
-        return self._tree(files_tree(n))
-
-    def layer_removed(self, n: int) -> Row:
-        return self._tree(removed_tree(n))
-
-    def _tree(self, name: bytes) -> Row:
+    def tree(self, name: bytes) -> Row:
+        """The root row of one tree: `build.ROOTFS`, or a layer's `files_tree(n)` or `removed_tree(n)`."""
         row = self.lookup(0, name)
         if row is None:
             raise ValueError(f"{self.path} has no tree {name!r}")

@@ -1,0 +1,158 @@
+"""Each image's index, built once from the same spooled export that `export.tar` serves, kept by image ID.
+
+The first look inside an image joins (or starts) the export of its directory's
+`export.tar` — never a second engine export — and indexes the spool once the
+export is verified (`tarcheck`: a cut or broken export is refused before any
+row is made, so a tree is never partial). The index is a file named by the image
+ID and the index format: an image ID names its content, so an index is never
+stale and is reused by every later mount. Indexing runs in a worker thread.
+
+A file's bytes are read from the spool of the directory it was opened in: the
+index says which layer and where in that layer's tar; where that layer starts
+in this spool is read once per spool (the save's small outer members).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from ..errors import ExportBroken, ImagefsError, SpoolError
+from ..spool.export import Export
+from ..spool.exports import Exports
+from .build import FORMAT, build
+from .index import Index
+from .members import BadArchive
+from .save import read_save
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Building:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: ImagefsError | None = None
+
+
+class Indexes:
+    def __init__(self, exports: Exports, directory: Path) -> None:
+        self.exports = exports
+        self.directory = directory
+        self._open: dict[str, Index] = {}
+        self._building: dict[str, _Building] = {}
+        self._starts: dict[str, list[tuple[str, int]]] = {}  # spool name -> each layer's diff ID and start
+
+    async def index(self, image_id: str, target: str) -> Index:
+        """The image's index: opened, or built from the export of `target` (what its directory exports)."""
+        while (ix := self._open.get(image_id)) is None:
+            building = self._building.get(image_id)
+            if building is not None:
+                await building.done.wait()
+                if building.error is not None:
+                    raise building.error
+                continue
+            building = self._building[image_id] = _Building()
+            try:
+                self._open[image_id] = await self._load(image_id, target)
+            except ImagefsError as exc:
+                building.error = exc
+                raise
+            finally:
+                del self._building[image_id]
+                building.done.set()
+        return ix
+
+    async def _load(self, image_id: str, target: str) -> Index:
+        path = self.directory / f"{image_id}.v{FORMAT}.sqlite"
+        with contextlib.suppress(OSError, ValueError):  # none yet, or unreadable: built again
+            return await trio.to_thread.run_sync(Index, path)
+        export = await self.exports.open(self.exports.for_image(image_id, target))
+        try:
+            await export.done.wait()
+            if export.error is not None:
+                raise export.error
+            await trio.to_thread.run_sync(self._build, export, path)
+            log.info("index of %s: built", image_id[:12])
+            return await trio.to_thread.run_sync(Index, path)
+        finally:
+            await self.exports.release(export)
+
+    def _build(self, export: Export, path: Path) -> None:
+        """(blocking) Index the spool into `path`, which appears only once whole."""
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            build(export.fd, part, self.directory)
+            os.chmod(part, 0o600)  # what the image holds is the mounting user's to read, like its spool
+            os.rename(part, path)
+        except BadArchive as exc:
+            raise ExportBroken(f"export of {' '.join(export.content.names)}: {exc}") from None
+        except OSError as exc:
+            raise SpoolError.of(exc, f"the index {path}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+
+    async def data(self, image_id: str, target: str, layer: int) -> Source:
+        """Where the bytes of `layer` are: its inflated side file, or its place in the export of `target`."""
+        info = (await self.index(image_id, target)).layers[layer]
+        if info.source:
+            try:
+                fd = await trio.to_thread.run_sync(os.open, self.directory / info.source, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise SpoolError.of(exc, f"the inflated layer {info.source}") from None
+            return Source(self, None, fd, 0)
+        export = await self.exports.open(self.exports.for_image(image_id, target))
+        try:
+            await export.done.wait()
+            if export.error is not None:
+                raise export.error
+            starts = self._starts.get(export.name)
+            if starts is None:
+                starts = self._starts[export.name] = await trio.to_thread.run_sync(_layer_starts, export)
+            diff_id, start = starts[layer] if layer < len(starts) else ("", 0)
+            if diff_id != info.diff_id:
+                raise ExportBroken(f"export of {target} holds layer {diff_id or 'none'} where the index has "
+                                   f"{info.diff_id}")
+            return Source(self, export, export.fd, start)
+        except BaseException:
+            await self.exports.release(export)
+            raise
+
+
+def _layer_starts(export: Export) -> list[tuple[str, int]]:
+    try:
+        with mmap.mmap(export.fd, export.size, prot=mmap.PROT_READ) as area:
+            return [(ref.diff_id, ref.offset) for ref in read_save(area).layers]
+    except BadArchive as exc:
+        raise ExportBroken(f"export of {' '.join(export.content.names)}: {exc}") from None
+
+
+@dataclass
+class Source:
+    """An open layer's bytes: `read` takes offsets in the layer's tar."""
+
+    indexes: Indexes
+    export: Export | None  # None: a side file, `fd` its own
+    fd: int
+    start: int
+
+    async def read(self, size: int, offset: int) -> bytes | memoryview:
+        if self.export is not None:
+            return await self.indexes.exports.read(self.export, size, self.start + offset)
+        try:
+            return await trio.to_thread.run_sync(os.pread, self.fd, size, offset)
+        except OSError as exc:
+            raise SpoolError.of(exc, "reading an inflated layer") from None
+
+    async def close(self) -> None:
+        if self.export is not None:
+            await self.indexes.exports.release(self.export)
+        else:
+            await trio.to_thread.run_sync(os.close, self.fd)

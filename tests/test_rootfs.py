@@ -1,0 +1,169 @@
+"""rootfs/ against the engine's own flattening: a created container's export, less what the engine adds.
+
+The image is built here with layers that delete files, replace directories with
+files and files with directories, recreate directories, hardlink (in a layer and
+across layers), symlink (absolute, relative, dangling), chown, chmod, setuid,
+`touch -d`, a fifo, a device node, and names with spaces and non-ASCII.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Engine, Mount, Proxy, mounted, wait_for
+
+REF = "rfs/tricky:1"
+STEP1 = (
+    "/bin/busybox --install -s /bin && mkdir -p /a/b /d1 /keep /opq /dirToFile && echo x > /a/b/f && "
+    "echo y > /a/g && echo z > /d1/file && echo h > /hl1 && ln /hl1 /hl2 && ln -s /a/g /abs && ln -s a/g /rel && "
+    "mkfifo /fifo && echo sp > '/name with spaces' && echo u > /ünïcødé && echo o1 > /opq/old1 && "
+    "echo o2 > /opq/old2 && echo repl > /fileToDir && echo q > /dirToFile/inner && "
+    "touch -d '2001-02-03 04:05:06' /a/g && chown 1234:5678 /a/b/f && chmod 0640 /a/b/f && echo s > /suid && "
+    "chmod 4755 /suid && mknod /null0 c 1 3"
+)
+STEP2 = (
+    "rm /a/g && rm -rf /d1 && rm /fileToDir && mkdir /fileToDir && echo new > /fileToDir/n && "
+    "rm -rf /dirToFile && echo file > /dirToFile && rm -rf /opq && mkdir /opq && echo n > /opq/new && "
+    "chmod 0600 /hl1 && ln -s /nonexistent /dangling && echo changed > /keep/c && ln /a/b/f /crosslink && "
+    "touch -d '1999-12-31 23:59:59' /keep"
+)
+STEP3 = "rm /a/b/f /hl2 && echo later > /later && chown -h 7:8 /rel && mkdir -p /etc && echo img > /etc/own"
+DOCKERFILE = (f'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "sh", "-c", {json.dumps(STEP1)}]\n'
+              f"RUN {STEP2}\nRUN {STEP3}\n")
+# What the engine adds to every container (and /etc's mtime, which it touches).
+ADDED = {".dockerenv", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "dev", "proc", "sys"}
+
+
+@pytest.fixture(scope="module")
+def tricky(engine: Engine) -> Iterator[str]:
+    ctx = Path(tempfile.mkdtemp(prefix="ifs-rfs-", dir="/tmp"))
+    try:
+        shutil.copy("/bin/busybox", ctx / "busybox")
+        (ctx / "Dockerfile").write_text(DOCKERFILE)
+        engine.docker("build", "-q", "-t", REF, str(ctx))
+        yield REF
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+        engine.docker("rmi", REF, check=False)
+
+
+Walk = dict[str, tuple[Any, ...]]
+
+
+def engine_flattening(engine: Engine, ref: str) -> tuple[Walk, set[frozenset[str]]]:
+    """A created container's export (never started), as (type, mode, uid, gid, size, mtime, link, hash)."""
+    cid = engine.docker("create", ref, "/x").stdout.strip()
+    try:
+        status, body = engine.raw("GET", f"/containers/{cid}/export", timeout=120)
+        assert status == 200
+    finally:
+        engine.docker("rm", cid)
+    walk: Walk = {}
+    links: dict[str, set[str]] = {}
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        for m in tar:
+            path = m.name.strip("/").removeprefix("./")
+            if not path or path in ADDED or path.split("/")[0] in ADDED or path == "etc":
+                continue
+            if m.islnk():
+                target = m.linkname.strip("/")
+                walk[path] = walk[target]
+                links.setdefault(target, {target}).add(path)
+                continue
+            kind = "dir" if m.isdir() else "link" if m.issym() else "fifo" if m.isfifo() else \
+                "chr" if m.ischr() else "file"
+            data = tar.extractfile(m).read() if m.isfile() else b""  # type: ignore[union-attr]
+            walk[path] = (kind, m.mode & 0o7777 if kind != "link" else 0o777, m.uid, m.gid,
+                          m.size if kind == "file" else 0, int(m.mtime), m.linkname if kind == "link" else "",
+                          hashlib.sha256(data).hexdigest() if kind == "file" else "",
+                          os.makedev(m.devmajor, m.devminor) if kind == "chr" else 0)
+    return walk, {frozenset(group) for group in links.values()}
+
+
+def mount_walk(root: Path) -> tuple[Walk, set[frozenset[str]], dict[str, int]]:
+    walk: Walk = {}
+    by_ino: dict[int, set[str]] = {}
+    nlinks: dict[str, int] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath, name)
+            path = str(full.relative_to(root))
+            if path == "etc":
+                continue
+            s = full.lstat()
+            kind = {stat.S_IFDIR: "dir", stat.S_IFLNK: "link", stat.S_IFIFO: "fifo", stat.S_IFCHR: "chr",
+                    stat.S_IFREG: "file"}[stat.S_IFMT(s.st_mode)]
+            data = full.read_bytes() if kind == "file" else b""
+            walk[path] = (kind, stat.S_IMODE(s.st_mode), s.st_uid, s.st_gid, s.st_size if kind == "file" else 0,
+                          int(s.st_mtime), os.readlink(full) if kind == "link" else "",
+                          hashlib.sha256(data).hexdigest() if kind == "file" else "", s.st_rdev)
+            if kind == "file":
+                by_ino.setdefault(s.st_ino, set()).add(path)
+                nlinks[path] = s.st_nlink
+    return walk, {frozenset(g) for g in by_ino.values() if len(g) > 1}, nlinks
+
+
+def test_rootfs_equals_the_engines_flattening(engine: Engine, tricky: str, mount: Mount) -> None:
+    expected, expected_links = engine_flattening(engine, tricky)
+    got, links, nlinks = mount_walk(mount / tricky / "rootfs")
+    assert got == expected
+    assert links == expected_links
+    assert all(n == next((len(g) for g in links if p in g), 1) for p, n in nlinks.items())
+    assert (mount / tricky / "rootfs/etc/own").read_text() == "img\n"
+    # what a shell sees: no `.wh.` name, links verbatim, never followed on the host
+    assert not any(".wh." in p for p in got)
+    assert os.readlink(mount / tricky / "rootfs/abs") == "/a/g"
+    assert not (mount / tricky / "rootfs/dangling").exists()
+
+
+def saves(engine: Engine, since: float) -> int:
+    return len(engine.events(since, "save"))
+
+
+def test_one_export_serves_ls_rootfs_and_export_tar(engine: Engine, tricky: str, mount: Mount) -> None:
+    since = time.time() - 0.01
+    image = mount / tricky
+    subprocess.run(["ls", "-l", str(image)], check=True, capture_output=True)
+    subprocess.run(["ls", "-l", str(image) + "/"], check=True, capture_output=True)
+    assert saves(engine, since) == 0
+    assert "later" in os.listdir(image / "rootfs")
+    assert (image / "export.tar").read_bytes()[:512]
+    wait_for(lambda: saves(engine, since) >= 1)
+    assert saves(engine, since) == 1
+
+
+def test_the_index_outlives_the_mount(engine: Engine, tricky: str, tmp: Path) -> None:
+    with mounted(engine, tmp) as m:
+        assert (m / tricky / "rootfs/later").read_text() == "later\n"
+    since = time.time() - 0.01
+    with mounted(engine, tmp) as m:  # same cache: the index and the spool are there
+        assert sorted(os.listdir(m / tricky / "rootfs/opq")) == ["new"]
+        assert (m / tricky / "rootfs/keep/c").read_text() == "changed\n"
+    assert saves(engine, since) == 0
+
+
+def test_a_broken_export_is_eio_inside_rootfs(engine: Engine, tricky: str, tmp: Path) -> None:
+    proxy = Proxy(engine.sock, tmp / "proxy.sock", cut_exports=100_000)
+    try:
+        with mounted(engine, tmp, "-H", f"unix://{proxy.address}",
+                     expect=[r"export of rfs/tricky:1 (failed: )?.*is not a whole tar archive"]) as m:
+            for _ in range(2):  # and again: a failure is never remembered as an empty tree
+                with pytest.raises(OSError) as info:
+                    os.listdir(m / tricky / "rootfs")
+                assert info.value.errno == errno.EIO
+    finally:
+        proxy.close()
