@@ -167,3 +167,20 @@ def test_a_broken_export_is_eio_inside_rootfs(engine: Engine, tricky: str, tmp: 
                 assert info.value.errno == errno.EIO
     finally:
         proxy.close()
+
+
+def test_layers_show_changes_own_files_and_what_was_removed(engine: Engine, tricky: str, mount: Mount) -> None:
+    layers = mount / tricky / "layers"
+    names = os.listdir(layers)
+    diff_ids = engine.api(f"/images/{tricky}/json")["RootFS"]["Layers"]
+    assert sorted(names) == [f"{n:02d}-{d[7:19]}" for n, d in enumerate(diff_ids)]
+    last, middle = layers / sorted(names)[-1], layers / sorted(names)[-2]
+    changes = (last / "changes").read_text().splitlines()
+    assert changes == sorted(changes, key=lambda line: line[2:])  # by path, as docker diff
+    assert {"D /a/b/f", "D /hl2", "A /later", "C /rel", "A /etc/own"} <= set(changes)
+    assert (last / "removed/a/b/f").read_text() == "x\n"  # what the last RUN deleted, as it was
+    assert sorted(os.listdir(middle / "removed/opq")) == ["old1", "old2"]
+    assert (last / "files/later").read_text() == "later\n"
+    info = json.loads((last / "layer.json").read_text())
+    assert info["created_by"] == f"/bin/sh -c {STEP3}" and info["diff_id"] == diff_ids[-1]
+    assert json.loads((middle / "layer.json").read_text())["wasted_bytes"] > 0

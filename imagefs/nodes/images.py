@@ -19,6 +19,7 @@ from .base import Context, Dir, Node, Stat, dir_stat
 from .controls import ControlFile
 from .documents import image_document, version_document
 from .exports import ExportFile
+from .layers import LayersDir
 from .rootfs import TreeDir, View
 
 RESERVED = ".imagefs"
@@ -43,6 +44,10 @@ async def _rootfs(ctx: Context, path: TreePath, image: Image, target: str) -> No
     return TreeDir(View(ctx, image.id, target, ROOTFS), path, image.created)
 
 
+async def _layers(ctx: Context, path: TreePath, image: Image, target: str) -> Node:
+    return LayersDir(ctx, path, image, target)
+
+
 def _control(name: str) -> ImageFile:
     async def make(ctx: Context, path: TreePath, image: Image, target: str) -> Node:
         return ControlFile(ctx, path, controls.COMMANDS[name], target, image.id, image.created)
@@ -53,7 +58,7 @@ def _control(name: str) -> ImageFile:
 # The files of every image directory, in listing order; `target` is what the engine calls the image.
 IMAGE_FILES: dict[str, ImageFile] = {
     "inspect": _inspect, "history": _history, "export.tar": _export, "tag": _control("tag"),
-    "delete": _control("delete"), "rootfs": _rootfs,
+    "delete": _control("delete"), "rootfs": _rootfs, "layers": _layers,
 }
 
 
