@@ -5,7 +5,8 @@ The first look inside an image joins (or starts) the export of its directory's
 export is verified (`tarcheck`: a cut or broken export is refused before any
 row is made, so a tree is never partial). The index is a file named by the image
 ID and the index format: an image ID names its content, so an index is never
-stale and is reused by every later mount. Indexing runs in a worker thread.
+stale and is reused by every later mount. Indexing runs in a process of its own
+(`build`).
 
 A file's bytes are read from the spool of the directory it was opened in: the
 index says which layer and where in that layer's tar; where that layer starts
@@ -18,7 +19,9 @@ import contextlib
 import logging
 import mmap
 import os
+import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -26,7 +29,7 @@ import trio
 from ..errors import ExportBroken, ImagefsError, SpoolError
 from ..spool.export import Export
 from ..spool.exports import Exports
-from .build import FORMAT, build
+from .build import FORMAT
 from .index import Index
 from .members import BadArchive
 from .save import read_save
@@ -77,22 +80,28 @@ class Indexes:
             await export.done.wait()
             if export.error is not None:
                 raise export.error
-            await trio.to_thread.run_sync(self._build, export, path)
+            await self._build(export, path)
             log.info("index of %s: built", image_id[:12])
             return await trio.to_thread.run_sync(Index, path)
         finally:
             await self.exports.release(export)
 
-    def _build(self, export: Export, path: Path) -> None:
-        """(blocking) Index the spool into `path`, which appears only once whole."""
+    async def _build(self, export: Export, path: Path) -> None:
+        """Index the spool into `path`, which appears only once whole."""
+        names = " ".join(export.content.names)
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
-            self.directory.mkdir(mode=0o700, exist_ok=True)
-            build(export.fd, part, self.directory)
-            os.chmod(part, 0o600)  # what the image holds is the mounting user's to read, like its spool
-            os.rename(part, path)
-        except BadArchive as exc:
-            raise ExportBroken(f"export of {' '.join(export.content.names)}: {exc}") from None
+            await trio.to_thread.run_sync(partial(self.directory.mkdir, mode=0o700, exist_ok=True))
+            command = [sys.executable, "-m", "imagefs.rootfs.build", str(export.fd), str(part), str(self.directory)]
+            done = await trio.run_process(command, pass_fds=(export.fd,), capture_stdout=True, capture_stderr=True,
+                                          check=False)
+            why = done.stderr.decode(errors="replace").strip()
+            if done.returncode == 2:
+                raise ExportBroken(f"export of {names}: {why}")
+            if done.returncode != 0:
+                log.error("indexing the export of %s failed (exit status %d):\n%s", names, done.returncode, why)
+                raise ExportBroken(f"export of {names} could not be indexed: {why.splitlines()[-1:]}")
+            await trio.to_thread.run_sync(_publish, part, path)
         except OSError as exc:
             raise SpoolError.of(exc, f"the index {path}") from None
         finally:
@@ -124,6 +133,11 @@ class Indexes:
         except BaseException:
             await self.exports.release(export)
             raise
+
+
+def _publish(part: Path, path: Path) -> None:
+    os.chmod(part, 0o600)  # what the image holds is the mounting user's to read, like its spool
+    os.rename(part, path)
 
 
 def _layer_starts(export: Export) -> list[tuple[str, int]]:

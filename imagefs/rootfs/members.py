@@ -81,7 +81,7 @@ def members(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Mem
         yield Member(
             path=pax.get(b"path") or longname or member_name(header),
             kind=kind,
-            mode=(number(header[100:108]) or 0) & 0o7777,
+            mode=_number(header[100:108], None, data) & 0o7777,
             uid=_number(header[108:116], pax.get(b"uid"), data),
             gid=_number(header[116:124], pax.get(b"gid"), data),
             mtime=int(float(pax[b"mtime"])) if b"mtime" in pax else _number(header[136:148], None, data),
@@ -96,6 +96,11 @@ def members(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Mem
 
 
 def _number(field: bytes, override: bytes | None, at: int) -> int:
+    if override is None:
+        try:  # the common case, octal digits, at C speed
+            return int(field.strip(b" \0") or b"0", 8)
+        except ValueError:
+            pass
     value = number(field) if override is None else int(override) if override.isdigit() else None
     if value is None:
         raise BadArchive(f"unreadable number {field!r} in the header before byte {at}")
