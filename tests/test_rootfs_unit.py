@@ -16,6 +16,7 @@ from rootfs_tars import M, layer, save
 from imagefs.rootfs.build import ROOTFS, build, files_tree, removed_tree
 from imagefs.rootfs.index import Index, Row
 from imagefs.rootfs.members import BadArchive
+from imagefs.rootfs.trim import INDEX, trim
 
 Tree = dict[str, Row]
 
@@ -206,3 +207,23 @@ def test_merge_matches_the_model(layers: list[list[tuple[str, str]]]) -> None:
         got = {p.lstrip("/"): "dir" if r.kind == ord("5") else "file" for p, r in walk(ix, ix.tree(ROOTFS))}
         ix.close()
     assert got == model(layers)
+
+
+def test_trim_removes_least_recent_indexes_and_the_layers_only_they_read(tmp_path: Path) -> None:
+    made = []
+    for i, compress in enumerate([True, True, False]):
+        data = save([layer(M(f"f{i}", data=b"x" * 3000))], compress=compress, created_by=["same"] if i < 2 else None)
+        ix = index_of(data, tmp_path)
+        ix.close()
+        name = f"image{i}{INDEX}"
+        (tmp_path / "index.sqlite").rename(tmp_path / name)
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+        made.append(name)
+    (tmp_path / "save.tar").unlink()
+    side = {p.name for p in tmp_path.glob("*.tar")}
+    assert len(side) == 2  # the two gzip layers, inflated (their bytes differ by file name)
+    total = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert trim(tmp_path, total, set()) == []
+    removed = trim(tmp_path, total - 1, {made[0]})  # image0 is open here: image1 goes, and its layer
+    assert removed[0] == made[1] and len(removed) == 2 and removed[1] in side
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({made[0], made[2]} | (side - {removed[1]}))

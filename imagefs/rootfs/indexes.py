@@ -33,6 +33,7 @@ from .build import FORMAT
 from .index import Index
 from .members import BadArchive
 from .save import read_save
+from .trim import INDEX, trim
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +72,30 @@ class Indexes:
                 building.done.set()
         return ix
 
+    def _path(self, image_id: str) -> Path:
+        return self.directory / f"{image_id}.v{FORMAT}{INDEX}"
+
     async def _load(self, image_id: str, target: str) -> Index:
-        path = self.directory / f"{image_id}.v{FORMAT}.sqlite"
+        path = self._path(image_id)
         with contextlib.suppress(OSError, ValueError):  # none yet, or unreadable: built again
-            return await trio.to_thread.run_sync(Index, path)
+            ix = await trio.to_thread.run_sync(Index, path)
+            await trio.to_thread.run_sync(os.utime, path)  # used now: the last to be evicted
+            return ix
         export = await self.exports.open(self.exports.for_image(image_id, target))
         try:
             await export.done.wait()
             if export.error is not None:
                 raise export.error
-            await self._build(export, path)
-            log.info("index of %s: built", image_id[:12])
-            return await trio.to_thread.run_sync(Index, path)
+            size = await self._build(export, path)
+            log.info("index of %s: built, %d bytes", image_id[:12], size)
+            ix = await trio.to_thread.run_sync(Index, path)
+            await self._trim(keep=image_id)
+            return ix
         finally:
             await self.exports.release(export)
 
-    async def _build(self, export: Export, path: Path) -> None:
-        """Index the spool into `path`, which appears only once whole."""
+    async def _build(self, export: Export, path: Path) -> int:
+        """Index the spool into `path`, which appears only once whole; its size."""
         names = " ".join(export.content.names)
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
@@ -101,12 +109,23 @@ class Indexes:
             if done.returncode != 0:
                 log.error("indexing the export of %s failed (exit status %d):\n%s", names, done.returncode, why)
                 raise ExportBroken(f"export of {names} could not be indexed: {why.splitlines()[-1:]}")
-            await trio.to_thread.run_sync(_publish, part, path)
+            return await trio.to_thread.run_sync(_publish, part, path)
         except OSError as exc:
             raise SpoolError.of(exc, f"the index {path}") from None
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(part)
+
+    async def _trim(self, keep: str) -> None:
+        spools = sum(stored.size for stored in self.exports.store.stored.values())
+        names = {self._path(image_id).name for image_id in [*self._open, keep]}
+        try:
+            removed = await trio.to_thread.run_sync(trim, self.directory, self.exports.cache_size - spools, names)
+        except OSError as exc:  # the bound is not kept this time: nothing is lost
+            log.warning("cannot trim the indexes in %s: %s", self.directory, exc.strerror)
+            return
+        for name in removed:
+            log.info("index cache: %s removed (--cache-size)", name)
 
     async def data(self, image_id: str, target: str, layer: int) -> Source:
         """Where the bytes of `layer` are: its inflated side file, or its place in the export of `target`."""
@@ -135,9 +154,10 @@ class Indexes:
             raise
 
 
-def _publish(part: Path, path: Path) -> None:
+def _publish(part: Path, path: Path) -> int:
     os.chmod(part, 0o600)  # what the image holds is the mounting user's to read, like its spool
     os.rename(part, path)
+    return path.stat().st_size
 
 
 def _layer_starts(export: Export) -> list[tuple[str, int]]:

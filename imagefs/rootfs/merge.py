@@ -129,7 +129,7 @@ class Merge:
         for _, gone in old.walk():
             if gone.inode.layer >= 0 and gone.inode.kind == REGULAR:
                 self.layers[gone.inode.layer].wasted += gone.inode.size
-        if old.children or old.inode.kind == SYMLINK:
+        if old.children is not None or old.inode.kind == SYMLINK:
             self._parents.clear()  # a cached parent may be under it, or reached through it
 
     # --- additions ----------------------------------------------------------------------
