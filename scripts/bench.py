@@ -24,6 +24,7 @@ exit status is non-zero only when a measurement could not be taken.
      re-read against `cat` of the spool file; 16 concurrent readers of a cold
      image (engine exports counted from /events) against one reader; and the
      daemon's peak RSS (VmHWM).
+  4. Unless --skip-rootfs: rootfs/ against ImageGet, `docker export`, the local disk (bench_rootfs.py).
 
 Only the standard library is used; the engine is reached with http.client,
 curl, and the docker CLI.
@@ -833,6 +834,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=200, help="runs of each fast command (default 200)")
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh mounts / invalidations per cold case")
     parser.add_argument("--export-rounds", type=int, default=3, help="rounds of the export measurements")
+    parser.add_argument("--skip-rootfs", action="store_true", help="skip the rootfs/ measurements")
+    parser.add_argument("--rootfs-files", type=int, default=10_000, help="files in the rootfs test image")
+    parser.add_argument("--rootfs-mb", type=int, default=200, help="MiB of one more file in the rootfs test image")
+    parser.add_argument("--index-entries", type=int, default=1_000_000, help="entries of the synthetic index test")
     return parser.parse_args(argv)
 
 
@@ -861,6 +866,10 @@ def main(argv: list[str] | None = None) -> int:
         measurements: list[Callable[[Bench, Report], None]] = [bench_inspect, bench_listing]
         if not args.skip_export:
             measurements.append(bench_export)
+        if not args.skip_rootfs:
+            from bench_rootfs import bench_rootfs  # it imports this module's helpers
+
+            measurements.append(bench_rootfs)
         for measure in measurements:
             try:
                 if not os.path.ismount(bench.mnt):

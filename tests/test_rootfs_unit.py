@@ -21,14 +21,14 @@ from imagefs.rootfs.trim import INDEX, trim
 Tree = dict[str, Row]
 
 
-def index_of(data: bytes, where: Path) -> Index:
+def index_of(data: bytes, where: Path, views: bool = False) -> Index:
     spool = where / "save.tar"
     spool.write_bytes(data)
     db = where / "index.sqlite"
     db.unlink(missing_ok=True)
     fd = os.open(spool, os.O_RDONLY)
     try:
-        build(fd, db, where)
+        build(fd, db, where, views)
     finally:
         os.close(fd)
     return Index(db)
@@ -46,6 +46,11 @@ def rootfs(layers: list[bytes], tmp_path: Path, **kw: object) -> tuple[Tree, Ind
     data = save(layers, **kw)  # type: ignore[arg-type]
     ix = index_of(data, tmp_path)
     return dict(walk(ix, ix.tree(ROOTFS))), ix, data
+
+
+def views(layers: list[bytes], tmp_path: Path) -> tuple[Index, bytes]:
+    data = save(layers)
+    return index_of(data, tmp_path, views=True), data
 
 
 def content(ix: Index, data: bytes, row: Row, where: Path | None = None) -> bytes:
@@ -134,7 +139,7 @@ def test_attributes_devices_fifos_and_xattrs(tmp_path: Path) -> None:
 
 
 def test_layer_views_hold_own_files_and_what_was_removed(tmp_path: Path) -> None:
-    _, ix, data = rootfs([
+    ix, data = views([
         layer(M("d", "dir"), M("d/f", data=b"old bytes"), M("keep", data=b"k")),
         layer(M(".wh.d"), M("new", data=b"n")),
     ], tmp_path)

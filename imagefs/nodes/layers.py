@@ -86,7 +86,7 @@ class LayerDir(Dir):
             return DocumentFile(path, ix.changes(self.n), mtime)
         info = ix.layers[self.n]
         doc = {"layer": self.n, "diff_id": info.diff_id, "created_by": info.created_by, "size": info.size,
-               "compression": info.compression or None, "entries": info.entries, "wasted_bytes": info.wasted}
+               "compression": info.compression or None, "changed_paths": info.changed, "wasted_bytes": info.wasted}
         return DocumentFile(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode(), mtime)
 
     async def entries(self) -> list[tuple[str, Node]]:

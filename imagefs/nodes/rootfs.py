@@ -16,6 +16,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from ..references import TreePath
+from ..rootfs.build import ROOTFS
 from ..rootfs.index import Index, Row
 from ..rootfs.indexes import Source
 from ..rootfs.members import BLOCKDEV, CHAR, DIRECTORY, FIFO, REGULAR, SYMLINK
@@ -35,7 +36,7 @@ class View:
     tree: bytes
 
     async def index(self) -> Index:
-        return await self.ctx.rootfs.index(self.image_id, self.target)
+        return await self.ctx.rootfs.index(self.image_id, self.target, views=self.tree != ROOTFS)
 
 
 def row_stat(row: Row) -> Stat:

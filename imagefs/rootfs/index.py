@@ -44,7 +44,7 @@ class LayerInfo:
     size: int
     created_by: str
     wasted: int
-    entries: int
+    changed: int  # paths it added, changed or deleted
 
 
 class Index:
@@ -63,7 +63,7 @@ class Index:
             self._db.close()
             raise ValueError(f"{path} is an index of another format ({version})")
         self.layers = [LayerInfo(*row) for row in self._db.execute(
-            "SELECT n, diff_id, member, compression, source, size, created_by, wasted, entries FROM layer ORDER BY n")]
+            "SELECT n, diff_id, member, compression, source, size, created_by, wasted, changed FROM layer ORDER BY n")]
 
     def close(self) -> None:
         self._db.close()

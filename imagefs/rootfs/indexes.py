@@ -48,35 +48,37 @@ class Indexes:
     def __init__(self, exports: Exports, directory: Path) -> None:
         self.exports = exports
         self.directory = directory
-        self._open: dict[str, Index] = {}
-        self._building: dict[str, _Building] = {}
+        self._open: dict[tuple[str, bool], Index] = {}  # by image ID and views
+        self._building: dict[tuple[str, bool], _Building] = {}
         self._starts: dict[str, list[tuple[str, int]]] = {}  # spool name -> each layer's diff ID and start
 
-    async def index(self, image_id: str, target: str) -> Index:
-        """The image's index: opened, or built from the export of `target` (what its directory exports)."""
-        while (ix := self._open.get(image_id)) is None:
-            building = self._building.get(image_id)
+    async def index(self, image_id: str, target: str, views: bool = False) -> Index:
+        """The image's index (with `views`: of its layers' own and removed files): opened, or built from the
+        export of `target` (what its directory exports)."""
+        key = (image_id, views)
+        while (ix := self._open.get(key)) is None:
+            building = self._building.get(key)
             if building is not None:
                 await building.done.wait()
                 if building.error is not None:
                     raise building.error
                 continue
-            building = self._building[image_id] = _Building()
+            building = self._building[key] = _Building()
             try:
-                self._open[image_id] = await self._load(image_id, target)
+                self._open[key] = await self._load(image_id, target, views)
             except ImagefsError as exc:
                 building.error = exc
                 raise
             finally:
-                del self._building[image_id]
+                del self._building[key]
                 building.done.set()
         return ix
 
-    def _path(self, image_id: str) -> Path:
-        return self.directory / f"{image_id}.v{FORMAT}{INDEX}"
+    def _path(self, image_id: str, views: bool) -> Path:
+        return self.directory / f"{image_id}.v{FORMAT}{'.layers' if views else ''}{INDEX}"
 
-    async def _load(self, image_id: str, target: str) -> Index:
-        path = self._path(image_id)
+    async def _load(self, image_id: str, target: str, views: bool) -> Index:
+        path = self._path(image_id, views)
         with contextlib.suppress(OSError, ValueError):  # none yet, or unreadable: built again
             ix = await trio.to_thread.run_sync(Index, path)
             await trio.to_thread.run_sync(os.utime, path)  # used now: the last to be evicted
@@ -86,21 +88,24 @@ class Indexes:
             await export.done.wait()
             if export.error is not None:
                 raise export.error
-            size = await self._build(export, path)
-            log.info("index of %s: built, %d bytes", image_id[:12], size)
+            start = trio.current_time()
+            rows, size = await self._build(export, path, views)
+            log.info("index of %s%s: built, %d rows, %d bytes, %.3f s", image_id[:12], " (layers)" if views else "",
+                     rows, size, trio.current_time() - start)
             ix = await trio.to_thread.run_sync(Index, path)
-            await self._trim(keep=image_id)
+            await self._trim(keep=path.name)
             return ix
         finally:
             await self.exports.release(export)
 
-    async def _build(self, export: Export, path: Path) -> int:
-        """Index the spool into `path`, which appears only once whole; its size."""
+    async def _build(self, export: Export, path: Path, views: bool) -> tuple[int, int]:
+        """Index the spool into `path`, which appears only once whole; its rows and bytes."""
         names = " ".join(export.content.names)
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
             await trio.to_thread.run_sync(partial(self.directory.mkdir, mode=0o700, exist_ok=True))
-            command = [sys.executable, "-m", "imagefs.rootfs.build", str(export.fd), str(part), str(self.directory)]
+            command = [sys.executable, "-m", "imagefs.rootfs.build", str(export.fd), str(part), str(self.directory),
+                       *(["views"] if views else [])]
             done = await trio.run_process(command, pass_fds=(export.fd,), capture_stdout=True, capture_stderr=True,
                                           check=False)
             why = done.stderr.decode(errors="replace").strip()
@@ -109,7 +114,7 @@ class Indexes:
             if done.returncode != 0:
                 log.error("indexing the export of %s failed (exit status %d):\n%s", names, done.returncode, why)
                 raise ExportBroken(f"export of {names} could not be indexed: {why.splitlines()[-1:]}")
-            return await trio.to_thread.run_sync(_publish, part, path)
+            return int(done.stdout), await trio.to_thread.run_sync(_publish, part, path)
         except OSError as exc:
             raise SpoolError.of(exc, f"the index {path}") from None
         finally:
@@ -118,7 +123,7 @@ class Indexes:
 
     async def _trim(self, keep: str) -> None:
         spools = sum(stored.size for stored in self.exports.store.stored.values())
-        names = {self._path(image_id).name for image_id in [*self._open, keep]}
+        names = {self._path(*key).name for key in self._open} | {keep}
         try:
             removed = await trio.to_thread.run_sync(trim, self.directory, self.exports.cache_size - spools, names)
         except OSError as exc:  # the bound is not kept this time: nothing is lost

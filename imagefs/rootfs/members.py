@@ -20,6 +20,7 @@ XATTR = b"SCHILY.xattr."
 MAX_META = 1 << 20  # an extended header's or long name's length
 
 Buffer = bytes | memoryview | mmap.mmap
+ZERO = bytes(BLOCK)
 
 
 class BadArchive(Exception):
@@ -48,8 +49,8 @@ def members(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Mem
     pax: dict[bytes, bytes] = {}
     longname = longlink = None
     while offset + BLOCK <= end:
-        header = bytes(buf[offset : offset + BLOCK])
-        if header == bytes(BLOCK):
+        header = bytes(buf[offset : offset + BLOCK])  # a copy from a memoryview, a slice of an mmap already
+        if header == ZERO:
             return
         problem = checksum_problem(header)
         if problem:

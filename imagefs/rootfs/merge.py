@@ -83,7 +83,9 @@ class Layer:
 
 
 class Merge:
-    def __init__(self) -> None:
+    def __init__(self, views: bool = False) -> None:
+        """`views`: also each layer's own files as a tree (`Layer.own`)."""
+        self.views = views
         self.root = new_entry(implicit_dir(), -1)
         self.layers: list[Layer] = []
         self._parents: dict[Path, tuple[Entry, Path]] = {}  # resolved parents, while nothing moves
@@ -138,7 +140,8 @@ class Merge:
         inode = self._inode(m, n, layer)
         if inode is None:
             return
-        _own(layer.own, path, inode)
+        if self.views:
+            _own(layer.own, path, inode)
         if not path:  # the root itself: only its attributes
             if inode.kind == DIRECTORY:
                 self.root.inode = inode

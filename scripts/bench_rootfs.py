@@ -1,0 +1,168 @@
+"""bench.py's rootfs/ measurements (section 4), on an image of --rootfs-files files and --rootfs-mb MiB.
+
+  - the first `cat` of one small file in a never-exported image (fresh mount, fresh cache) against a
+    raw ImageGet of the image, and against what a user does today: `docker create` + `docker export |
+    tar -x` + `cat`;
+  - warm `find rootfs -printf '%s %m'`, `grep -r` and `tar -c rootfs` against the same tree extracted
+    on local disk;
+  - index build rate and bytes per row, from the daemon's log, and the daemon's peak RSS;
+  - the index builder alone (`python -m imagefs.rootfs.build`) on a synthetic save of
+    --index-entries entries: rows/s, bytes/row, and the builder's own peak RSS (the daemon's does
+    not grow: the builder is a process of its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from bench import DOCKER, Bench, Report, Row, Timing, fmt_time, log, run, sample, timed, write_random
+
+ROOTFS_REF = "big/files:1"
+SMALL = "files/d000/f00000.txt"
+NEEDLE = "imagefs-needle"
+INDEX_LOG = re.compile(r"index of \w+: built, (\d+) rows, (\d+) bytes, ([\d.]+) s")
+
+
+def make_files(directory: Path, count: int) -> None:
+    rng = random.Random(0)
+    for i in range(count):
+        sub = directory / f"d{i // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        body = NEEDLE.encode() if i == 0 else rng.randbytes(rng.randint(10, 4000))
+        (sub / f"f{i:05d}.txt").write_bytes(body)
+
+
+def user_today(bench: Bench, out: Path) -> list[str]:
+    """What a user does today to read one file: create a container, export it, untar, cat."""
+    script = (f"cid=$({DOCKER} create {ROOTFS_REF} /x) && mkdir -p {out} && {DOCKER} export $cid | tar -x -C {out}"
+              f" && cat {out}/{SMALL} >/dev/null; s=$?; {DOCKER} rm $cid >/dev/null; rm -rf {out}; exit $s")
+    return ["sh", "-c", script]
+
+
+def index_figures(log_file: Path) -> tuple[int, int, float] | None:
+    found = INDEX_LOG.findall(log_file.read_text(errors="replace")) if log_file.exists() else []
+    return (int(found[-1][0]), int(found[-1][1]), float(found[-1][2])) if found else None
+
+
+def bench_rootfs(bench: Bench, report: Report) -> None:
+    files, mib = bench.args.rootfs_files, bench.args.rootfs_mb
+    report.section(f"4. rootfs/ of a {files}-file, {mib} MiB image")
+    if not bench.api.exists(ROOTFS_REF):
+        log(f"building {ROOTFS_REF} ({files} files and {mib} MiB, offline)")
+        bench.build(ROOTFS_REF, "FROM scratch\nCOPY files /files\nCOPY big.bin /big.bin\n",
+                    {"files": lambda p: make_files(p, files), "big.bin": lambda p: write_random(p, mib)})
+    get = bench.api.curl(f"/images/{ROOTFS_REF}/get")
+    raw, first, today = Timing([]), Timing([]), Timing([])
+    figures = None
+    for r in range(max(1, bench.args.export_rounds)):
+        log(f"rootfs round {r + 1}: raw ImageGet, first cat through a fresh mount, docker create+export+cat")
+        bench.umount()
+        run([*get, "-o", "/dev/null"], env=bench.env)
+        os.sync()
+        raw.values.append(timed([*get, "-o", "/dev/null"], bench.env))
+        bench.mount()
+        first.values.append(timed(["cat", str(bench.path(ROOTFS_REF, "rootfs", SMALL))]))
+        assert bench.cache_dir is not None
+        figures = index_figures(bench.cache_dir / "imagefs.log") or figures
+        today.values.append(timed(user_today(bench, bench.work / "today"), bench.env))
+    report.add(Row("first cat in a cold image vs raw ImageGet", fmt_time(first.median), fmt_time(raw.median),
+                   f"{first.median / raw.median:.2f}× time", "≤ 1.25×", first.median / raw.median <= 1.25,
+                   (first, raw)))
+    report.add(Row("first cat in a cold image vs docker create+export|tar -x+cat", fmt_time(first.median),
+                   fmt_time(today.median), f"{first.median / today.median:.2f}× time", "≤ 1×",
+                   first.median <= today.median, (first, today)))
+    if figures is not None:
+        rows, size, seconds = figures
+        report.add(Row("index build in the daemon (rows/s; bytes/row)", f"{rows / seconds:,.0f} rows/s",
+                       f"{size / rows:.0f} B/row", f"{rows} rows in {seconds:.2f} s", "≥ 200,000/s; ≤ 100 B",
+                       rows / seconds >= 200_000 and size / rows <= 100))
+    warm_trees(bench, report)
+    report.add(Row("daemon peak RSS (VmHWM) after rootfs/ reads", f"{bench.peak_rss_kib() / 1024:.1f} MiB", "—",
+                   goal="≤ 100 MiB", ok=bench.peak_rss_kib() / 1024 <= 100))
+    bench.umount()
+    index_alone(bench, report)
+
+
+def warm_trees(bench: Bench, report: Report) -> None:
+    local = bench.work / "local"
+    cid = run([DOCKER, "create", ROOTFS_REF, "/x"], env=bench.env).strip()
+    try:
+        local.mkdir()
+        subprocess.run(f"{DOCKER} export {cid} | tar -x -C {local}", shell=True, check=True, env=bench.env)
+    finally:
+        run([DOCKER, "rm", cid], env=bench.env)
+    mounted = bench.path(ROOTFS_REF, "rootfs")
+    runs = max(5, bench.args.runs // 20)
+    for what, argv, goal in (("find -printf '%s %m'", ["find", "{}", "-printf", "%s %m\\n"], 3.0),
+                             ("grep -r", ["grep", "-r", "-l", NEEDLE, "{}/files"], None),
+                             ("tar -c | cat", ["sh", "-c", "tar -c -C {} files | cat >/dev/null"], None)):
+        t = sample({"mount": [a.replace("{}", str(mounted)) for a in argv],
+                    "local": [a.replace("{}", str(local)) for a in argv]}, runs)
+        ratio = t["mount"].median / t["local"].median
+        report.add(Row(f"warm {what}: rootfs/ vs local disk (n={runs})", fmt_time(t["mount"].median),
+                       fmt_time(t["local"].median), f"{ratio:.2f}× time", f"≤ {goal}×" if goal else "—",
+                       ratio <= goal if goal else None, (t["mount"], t["local"])))
+    shutil.rmtree(local, ignore_errors=True)
+
+
+def synthetic_save(path: Path, entries: int) -> None:
+    """A one-layer save of `entries` small files in directories of 1,000."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for i in range(entries):
+            if i % 1000 == 0:
+                info = tarfile.TarInfo(f"data/d{i // 1000:05d}")
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            info = tarfile.TarInfo(f"data/d{i // 1000:05d}/file{i % 1000:03d}.txt")
+            info.size = 10
+            tar.addfile(info, io.BytesIO(b"0123456789"))
+    data = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [diff_id]}, "history": [{"created_by": "x"}]})
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["x:1"], "Layers": ["layer/layer.tar"]}])
+    with tarfile.open(path, "w") as tar:
+        for name, body in (("layer/layer.tar", data), ("config.json", config.encode()),
+                           ("manifest.json", manifest.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+def index_alone(bench: Bench, report: Report) -> None:
+    entries = bench.args.index_entries
+    save, db = bench.work / "synthetic.tar", bench.work / "synthetic.sqlite"
+    log(f"writing a synthetic save of {entries:,} entries")
+    synthetic_save(save, entries)
+    fd = os.open(save, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "imagefs.rootfs.build", str(fd), str(db), str(bench.work)],
+                                pass_fds=(fd,), stdout=subprocess.PIPE)
+        out = proc.stdout.read() if proc.stdout else b""
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    if status != 0:
+        raise RuntimeError(f"the index builder exited with status {status}")
+    rows, size = int(out), db.stat().st_size
+    per_entry = size / (entries + entries // 1000)
+    report.add(Row(f"index builder alone, {entries:,} entries (rows: rootfs + layer view)",
+                   f"{entries / seconds:,.0f} entries/s", f"{per_entry:.0f} B/entry",
+                   f"{rows:,} rows, {seconds:.1f} s", "≥ 200,000/s; ≤ 100 B",
+                   entries / seconds >= 200_000 and per_entry <= 100))
+    report.add(Row("  the builder's own peak RSS (not the daemon's)", f"{usage.ru_maxrss / 1024:.0f} MiB", "—"))
+    save.unlink()
+    db.unlink()
