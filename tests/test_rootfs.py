@@ -139,6 +139,7 @@ def test_one_export_serves_ls_rootfs_and_export_tar(engine: Engine, tricky: str,
     image = mount / tricky
     subprocess.run(["ls", "-l", str(image)], check=True, capture_output=True)
     subprocess.run(["ls", "-l", str(image) + "/"], check=True, capture_output=True)
+    subprocess.run(["ls", "-l", str(image / "layers")], check=True, capture_output=True)
     assert saves(engine, since) == 0
     assert "later" in os.listdir(image / "rootfs")
     assert (image / "export.tar").read_bytes()[:512]
@@ -184,3 +185,24 @@ def test_layers_show_changes_own_files_and_what_was_removed(engine: Engine, tric
     info = json.loads((last / "layer.json").read_text())
     assert info["created_by"] == f"/bin/sh -c {STEP3}" and info["diff_id"] == diff_ids[-1]
     assert json.loads((middle / "layer.json").read_text())["wasted_bytes"] > 0
+
+
+def test_file_capabilities_reach_the_reader(engine: Engine, mount: Mount, tmp: Path) -> None:
+    """security.capability, the one xattr the engine keeps in a layer, read through the mount."""
+    cap = bytes.fromhex("0100000200200000000000000000000000000000")  # VFS_CAP_REVISION_2, cap_net_raw=ep
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("ping")
+        info.size, info.mode = 4, 0o755
+        info.pax_headers = {"SCHILY.xattr.security.capability": cap.decode("ascii")}
+        tar.addfile(info, io.BytesIO(b"ping"))
+    (tmp / "layer.tar").write_bytes(data.getvalue())
+    engine.docker("import", str(tmp / "layer.tar"), "rfs/xattr:1")
+    try:
+        ping = mount / "rfs/xattr:1/rootfs/ping"
+        wait_for(lambda: (mount / "rfs/xattr:1").exists())  # the mount hears of the import
+        assert os.listxattr(ping) == ["security.capability"]
+        assert os.getxattr(ping, "security.capability") == cap
+        assert os.listxattr(mount / "rfs/xattr:1/inspect") == []
+    finally:
+        engine.docker("rmi", "rfs/xattr:1")
