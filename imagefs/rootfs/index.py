@@ -11,8 +11,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachetools import LRUCache
+
 from .build import FORMAT
 
+LISTED_ROWS = 50_000  # rows of recent listings kept, about 10 MB
 _COLUMNS = "name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink"
 
 
@@ -62,6 +65,7 @@ class Index:
         if version is None or version[0] != FORMAT:
             self._db.close()
             raise ValueError(f"{path} is an index of another format ({version})")
+        self._listings: LRUCache[int, list[Row]] = LRUCache(LISTED_ROWS, getsizeof=len)
         self.layers = [LayerInfo(*row) for row in self._db.execute(
             "SELECT n, diff_id, member, compression, source, size, created_by, wasted, changed FROM layer ORDER BY n")]
 
@@ -81,8 +85,15 @@ class Index:
         return Row(*row) if row else None
 
     def children(self, parent: int) -> list[Row]:
-        return [Row(*row) for row in self._db.execute(
-            f"SELECT {_COLUMNS} FROM node WHERE parent = ? ORDER BY name", (parent,))]
+        """A directory's rows by name; recent listings are kept: the kernel keeps none of a FUSE directory,
+        so every warm `find` or `ls` lists again."""
+        rows = self._listings.get(parent)
+        if rows is None:
+            rows = [Row(*row) for row in self._db.execute(
+                f"SELECT {_COLUMNS} FROM node WHERE parent = ? ORDER BY name", (parent,))]
+            if len(rows) <= LISTED_ROWS:
+                self._listings[parent] = rows
+        return rows
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         return dict(self._db.execute("SELECT key, value FROM xattr WHERE ino = ?", (ino,)).fetchall())
