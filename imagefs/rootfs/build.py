@@ -16,16 +16,16 @@ mount's event loop never waits for the GIL meanwhile.
 from __future__ import annotations
 
 import gc
-import mmap
 import os
 import sqlite3
 import sys
 import zlib
 from collections import Counter, deque
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
-from .members import BadArchive, members
+from .members import BadArchive, Window, members
 from .merge import Entry, Layer, Merge, implicit_dir, new_entry
 from .save import LayerRef, read_save
 
@@ -56,23 +56,24 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False) -> int:
     """Index the save in `save_fd` into a new database at `db`: the merged rootfs, or with `views` each
     layer's own and removed files instead (half the rows, wanted less often: built when first asked for).
     The number of rows written."""
-    with mmap.mmap(save_fd, os.fstat(save_fd).st_size, prot=mmap.PROT_READ) as area:
-        save = read_save(area)
-        merge = Merge(views)
-        sources = []
-        for ref in save.layers:
-            if ref.compression:
-                source = _inflate(area, ref, side_dir)
-                with open(side_dir / source, "rb") as side, mmap.mmap(side.fileno(), 0, prot=mmap.PROT_READ) as buf:
-                    merge.apply(members(buf))
-            else:
-                source = ""
-                merge.apply(members(area, ref.offset, ref.offset + ref.size))
-            sources.append(source)
-        return _write(db, save.layers, sources, merge, views)
+    area = Window(save_fd)
+    save = read_save(area)
+    merge = Merge(views)
+    sources = []
+    for ref in save.layers:
+        if ref.compression:
+            source = _inflate(area, ref, side_dir)
+            with open(side_dir / source, "rb") as side:
+                side_area = Window(side.fileno())
+                merge.apply(partial(members, side_area))
+        else:
+            source = ""
+            merge.apply(partial(members, area, ref.offset, ref.offset + ref.size))
+        sources.append(source)
+    return _write(db, save.layers, sources, merge, views)
 
 
-def _inflate(area: mmap.mmap, ref: LayerRef, side_dir: Path) -> str:
+def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
     """A compressed layer's tar, inflated once into a file named by its diff ID (shared by every image)."""
     name = ref.diff_id.removeprefix("sha256:") + ".tar"
     if (side_dir / name).exists():

@@ -10,6 +10,7 @@ the member's extended attributes, byte for byte.
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,8 +20,29 @@ REGULAR, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO = b"0123456"
 XATTR = b"SCHILY.xattr."
 MAX_META = 1 << 20  # an extended header's or long name's length
 
-Buffer = bytes | memoryview | mmap.mmap
 ZERO = bytes(BLOCK)
+
+
+class Window:
+    """A file read through a window of `pread`s: a walk brings only the headers it reads into memory,
+    never the data it skips (a mapping would count every page it touched in the builder's RSS)."""
+
+    def __init__(self, fd: int, span: int = 1 << 20) -> None:
+        self.fd, self.span = fd, span
+        self.size = os.fstat(fd).st_size
+        self.start, self.data = 0, b""
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, where: slice) -> bytes:
+        start, stop = where.start, min(where.stop, self.size)
+        if start < self.start or stop > self.start + len(self.data):
+            self.start, self.data = start, os.pread(self.fd, max(self.span, stop - start), start)
+        return self.data[start - self.start : stop - self.start]
+
+
+Buffer = bytes | memoryview | mmap.mmap | Window
 
 
 class BadArchive(Exception):

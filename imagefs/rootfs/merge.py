@@ -17,7 +17,7 @@ them, checked against podman's own mounts):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .members import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Member, components
@@ -90,23 +90,22 @@ class Merge:
         self.layers: list[Layer] = []
         self._parents: dict[Path, tuple[Entry, Path]] = {}  # resolved parents, while nothing moves
 
-    def apply(self, members: Iterable[Member]) -> None:
-        """The next layer, bottom first."""
+    def apply(self, members: Callable[[], Iterable[Member]]) -> None:
+        """The next layer, bottom first: `members()` walks it, twice (its whiteouts first, then the rest,
+        rather than holding a million members meanwhile)."""
         n = len(self.layers)
         layer = Layer()
         self.layers.append(layer)
         self._parents.clear()
-        entries: list[tuple[Path, Member]] = []
-        for m in members:
-            path = components(m.path)
-            if path is None:
-                continue
-            if path and path[-1].startswith(WHITEOUT):
-                self._whiteout(path, layer)
-            else:
-                entries.append((path, m))
-        for path, m in entries:
-            self._add(path, m, n, layer)
+        for pass_ in ("whiteouts", "entries"):
+            for m in members():
+                path = components(m.path)
+                if path is None or (path and path[-1].startswith(WHITEOUT)) != (pass_ == "whiteouts"):
+                    continue
+                if pass_ == "whiteouts":
+                    self._whiteout(path, layer)
+                else:
+                    self._add(path, m, n, layer)
 
     # --- whiteouts ----------------------------------------------------------------------
 
