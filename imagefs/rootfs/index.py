@@ -15,7 +15,7 @@ from cachetools import LRUCache
 
 from .build import FORMAT
 
-LISTED_ROWS = 50_000  # rows of recent listings kept, about 10 MB
+LISTED_ROWS = 20_000  # rows of recent listings kept, about 4 MB
 _COLUMNS = "name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink"
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import sys
 from dataclasses import dataclass, field
@@ -31,11 +30,13 @@ from ..spool.export import Export
 from ..spool.exports import Exports
 from .build import FORMAT
 from .index import Index
-from .members import BadArchive
+from .members import BadArchive, Window
 from .save import read_save
 from .trim import INDEX, trim
 
 log = logging.getLogger(__name__)
+
+MAX_OPEN = 16  # indexes open at once; another is opened again from disk in microseconds
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Indexes:
         """The image's index (with `views`: of its layers' own and removed files): opened, or built from the
         export of `target` (what its directory exports)."""
         key = (image_id, views)
+        if (ix := self._open.pop(key, None)) is not None:
+            self._open[key] = ix  # the most recently used, the last to be closed
+            return ix
         while (ix := self._open.get(key)) is None:
             building = self._building.get(key)
             if building is not None:
@@ -66,6 +70,8 @@ class Indexes:
             building = self._building[key] = _Building()
             try:
                 self._open[key] = await self._load(image_id, target, views)
+                while len(self._open) > MAX_OPEN:  # each holds a connection and its caches
+                    self._open.pop(next(iter(self._open))).close()
             except ImagefsError as exc:
                 building.error = exc
                 raise
@@ -167,8 +173,7 @@ def _publish(part: Path, path: Path) -> int:
 
 def _layer_starts(export: Export) -> list[tuple[str, int]]:
     try:
-        with mmap.mmap(export.fd, export.size, prot=mmap.PROT_READ) as area:
-            return [(ref.diff_id, ref.offset) for ref in read_save(area).layers]
+        return [(ref.diff_id, ref.offset) for ref in read_save(Window(export.fd)).layers]
     except BadArchive as exc:
         raise ExportBroken(f"export of {' '.join(export.content.names)}: {exc}") from None
 
