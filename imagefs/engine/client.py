@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from ..errors import BrokenAnswer, EngineTimeout, EngineUnreachable, engine_error
-from . import bulkget
+from . import bulkget, messages
 from .address import Endpoint, EngineConfig
 from .transport import Transport
 
@@ -150,6 +150,32 @@ class Engine:
                     yield resp
 
     @contextlib.asynccontextmanager
+    async def post_stream(
+        self, path: str, params: Params, headers: Mapping[str, str] | None = None,
+        body: AsyncIterable[bytes] | None = None,
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """A POST answered by a message stream (pull, push, load, import, build), on a client of its own.
+
+        Entered once the engine has answered (for an upload: once the whole body is sent, or
+        when the engine refused it early); then the messages, until one reports a failure,
+        which is raised as the class its words say. A stream may be silent for at most
+        `stream_timeout`, and so may the engine while it takes the body. The body (an upload)
+        commits when its iterator ends and aborts the request when it raises.
+        """
+        url, query, request = self._request("POST", path, params)
+        if self.config.debug:
+            log.debug("engine request %s (message stream)", request)  # headers never: they carry credentials
+        silence = self.config.stream_timeout
+        timeout = httpx.Timeout(self.config.timeout, read=silence, write=silence)
+        async with self._new_client(timeout) as client:
+            with _mapped(request):
+                async with client.stream("POST", url, params=query, headers=headers, content=body) as resp:
+                    if resp.status_code >= 400:
+                        answer = _error_message(await resp.aread())
+                        raise messages.refined(engine_error(resp.status_code, answer, request))
+                    yield _messages(resp, request)
+
+    @contextlib.asynccontextmanager
     async def bulk_get(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[bulkget.Body]:
         """A GET (HTTP/1.0) whose long body the caller writes into a file (an export: see bulkget);
         the body ends when the engine closes the connection."""
@@ -200,6 +226,23 @@ class Engine:
                             yield _event(line)
 
             yield decoded()
+
+
+async def _messages(resp: httpx.Response, request: str) -> AsyncIterator[dict[str, Any]]:
+    decoder = messages.Decoder(request)
+    with _mapped(request):
+        async for data in resp.aiter_raw():
+            for message in decoder.feed(data):
+                yield _checked(message, request)
+    for message in decoder.end():
+        yield _checked(message, request)
+
+
+def _checked(message: dict[str, Any], request: str) -> dict[str, Any]:
+    failed = messages.failure(message)
+    if failed is not None:
+        raise messages.classed(failed, request)
+    return message
 
 
 def _event(line: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from ..activity import Activity
 from ..catalog import Catalog
 from ..errors import NotPermitted, ReadOnly
 from ..references import TreePath
@@ -42,6 +43,7 @@ class Context:
     exports: Exports
     read_only: bool = False
     outcomes: dict[TreePath, str] = field(default_factory=dict)
+    activity: Activity = field(default_factory=Activity)  # long operations, for .imagefs/status
 
 
 class Node(ABC):
