@@ -21,6 +21,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from .activity import Activity
 from .catalog import Catalog, Change
 from .engine import Engine, EngineConfig
 from .errors import ImagefsError
@@ -32,6 +33,7 @@ from .options import default
 from .spool.exports import Exports
 from .spool.sizes import Sizes
 from .spool.store import Store, UnsafeCache
+from .uploads.service import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,9 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         identity = f"{options.engine.host} {version.get('Version', '?')}"
         exports = Exports(engine, store, sizes, options.cache_size, identity, nursery)
         stack.callback(exports.close)  # after the nursery's end: no export task still writes
-        tree = Tree(Context(catalog, exports, options.read_only))
+        activity = Activity()
+        uploads = Uploads(engine, catalog, activity, nursery)
+        tree = Tree(Context(catalog, exports, options.read_only, activity=activity, uploads=uploads))
         ops = Operations(tree)
 
         async def forget(change: Change | None, settle: bool) -> None:

@@ -21,6 +21,7 @@ from ..catalog import Catalog
 from ..errors import NotPermitted, ReadOnly
 from ..references import TreePath
 from ..spool.exports import Exports
+from ..uploads.service import Uploads
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Context:
     read_only: bool = False
     outcomes: dict[TreePath, str] = field(default_factory=dict)
     activity: Activity = field(default_factory=Activity)  # long operations, for .imagefs/status
+    uploads: Uploads | None = None  # None: no load/, import/, build/ (a tree without a nursery for them)
 
 
 class Node(ABC):
@@ -77,7 +79,8 @@ class Dir(Node):
     async def entries(self) -> list[tuple[str, Node]]:
         """The children readdir lists (hidden ones excepted)."""
 
-    async def create(self, name: str, flags: int) -> tuple[Node, Handle]:
+    async def create(self, name: str, flags: int, pid: int) -> tuple[Node, Handle]:
+        """A new file of that name, opened for the process `pid` (an upload watches its writer)."""
         raise NotPermitted(f"no file can be created in /{'/'.join(self.path)}")
 
 
@@ -87,7 +90,7 @@ class File(Node):
         return False
 
     @abstractmethod
-    async def open(self, flags: int) -> Handle: ...
+    async def open(self, flags: int, pid: int) -> Handle: ...
 
 
 class Handle(ABC):
@@ -103,6 +106,11 @@ class Handle(ABC):
 
     async def write(self, offset: int, data: bytes) -> int:
         raise ReadOnly("this file takes no writes")
+
+    async def truncate(self, size: int) -> None:
+        """ftruncate(2) of this open file by a writer: only to nothing (`echo cmd > file`)."""
+        if size:
+            raise NotPermitted("this file can only be truncated to nothing")
 
     async def flush(self) -> None:
         """close(2) of one descriptor: its errno is the caller's (a release's is lost)."""

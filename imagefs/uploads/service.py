@@ -1,0 +1,46 @@
+"""Every upload of one mount: one at a time per target, and the last one's record kept for reading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from ..activity import Activity
+from ..catalog import Catalog
+from ..engine import Engine
+from ..errors import Busy
+from .kinds import Request
+from .upload import ENDED, Upload
+
+KEPT_RECORDS = 200  # ended uploads whose outcome stays readable, per kind
+
+
+@dataclass
+class Uploads:
+    engine: Engine
+    catalog: Catalog
+    activity: Activity
+    nursery: trio.Nursery
+    records: dict[tuple[str, str], Upload] = field(default_factory=dict)  # (kind, target) -> the latest
+
+    def begin(self, request: Request, pid: int) -> Upload:
+        key = (request.kind, request.target)
+        running = self.records.get(key)
+        if running is not None and running.state not in ENDED:
+            raise Busy(f"{request.target} is being uploaded already (by pid {running.pid})")
+        self.records.pop(key, None)  # re-inserted last: the dict's order is the records' age
+        upload = self.records[key] = Upload(request, self.engine, self.catalog, self.activity, self.nursery, pid)
+        self._trim(request.kind)
+        return upload
+
+    def get(self, kind: str, target: str) -> Upload | None:
+        return self.records.get((kind, target))
+
+    def targets(self, kind: str) -> list[str]:
+        return [target for k, target in self.records if k == kind]
+
+    def _trim(self, kind: str) -> None:
+        ended = [key for key, up in self.records.items() if key[0] == kind and up.state in ENDED]
+        for key in ended[: max(0, len(ended) - KEPT_RECORDS)]:
+            del self.records[key]
