@@ -235,15 +235,15 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.inodes.node(inode)
-        # A writable file's size is all that changes: `echo cmd > file` truncates, a sparse `cp` extends.
-        only_size = fields.update_size and not (
-            fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime)
-        if not (only_size and isinstance(node, File) and node.writable):
+        # A writable file's size is all that changes: `echo cmd > file` truncates, a sparse `cp` extends;
+        # times are taken and ignored (`touch` of a new upload), owners and modes never change.
+        if fields.update_mode or fields.update_uid or fields.update_gid or not (
+                isinstance(node, File) and node.writable):
             self._refuse()
         handle = self.handles.get(fh) if fh is not None else None
-        if isinstance(handle, Handle):
+        if fields.update_size and isinstance(handle, Handle):
             await handle.truncate(attr.st_size)
-        elif attr.st_size:
+        elif fields.update_size and attr.st_size:
             self._refuse()
         return self._attributes(inode, await node.stat())
 

@@ -79,12 +79,11 @@ class Upload:
     async def write(self, offset: int, data: bytes) -> int:
         async with self._lock:
             if self.state in ENDED or self.state is State.COMMITTING:
-                if self.state is State.FAILED and self.error is not None:
+                if self.state is not State.DONE and self.error is not None:
                     raise self.error
                 raise Finished(f"{self.request.target}: the upload has ended ({self.state.value})")
             if offset < self.sent:
-                await self._abort(f"a write at byte {offset}, behind the {self.sent} bytes already sent")
-                raise Unseekable(f"{self.request.target}: uploads are written from start to end, once")
+                raise await self._unseekable(f"a write at byte {offset}")
             while offset > self.sent:  # a hole (a sparse cp seeks over zeros): they are sent as zeros
                 await self._send_checked(bytes(min(offset - self.sent, HOLE_PIECE)))
             await self._send_checked(data)
@@ -94,8 +93,7 @@ class Upload:
         """ftruncate(2) while writing: to its end is nothing, beyond it a hole (zeros), before it a rewrite."""
         if size < self.archive.written:
             async with self._lock:
-                await self._abort(f"a truncation to byte {size}, behind the {self.sent} bytes already sent")
-            raise Unseekable(f"{self.request.target}: uploads are written from start to end, once")
+                raise await self._unseekable(f"a truncation to byte {size}")
         if size > self.archive.written:
             await self.write(size, b"")
 
@@ -138,7 +136,8 @@ class Upload:
             if self.state is State.OPEN:
                 self._end(State.ABORTED, "nothing was written; nothing was sent")
             elif self.state is State.SENDING:
-                await self._abort("closed before the archive was complete")
+                await self._abort("closed before the archive was complete",
+                                  BadUpload(f"{self.request.target}: closed before the archive was complete"))
 
     # --- the request ------------------------------------------------------------------------
 
@@ -156,7 +155,7 @@ class Upload:
                     async for message in stream:
                         self.transcript.add(message)
         except ImagefsError as exc:
-            self.error = exc
+            self.error = self.error or exc  # an abort's reason stays the writer's error
         except Exception as exc:  # a bug must not leave the writer waiting for ever
             log.exception("upload %s failed unexpectedly", r.target)
             self.error = EngineFailed(500, f"imagefs failed: {exc!r}", r.line())
@@ -173,8 +172,7 @@ class Upload:
         try:
             await trio.to_thread.run_sync(self.archive.feed, body)  # inflating takes the loop's time otherwise
         except Malformed as exc:
-            await self._abort(str(exc))
-            raise BadUpload(f"{self.request.target}: {exc}") from None
+            raise await self._abort(str(exc), BadUpload(f"{self.request.target}: {exc}")) from None
 
     async def _put(self, body: bytes) -> None:
         if self.dry_run:
@@ -203,23 +201,30 @@ class Upload:
                 await wait()
                 return
             if signals.interrupted(self.pid):
-                await self._abort(f"the writer was interrupted {doing}")
-                raise Interrupted(f"{self.request.target}: the writer was interrupted; the upload is aborted")
+                raise await self._abort(f"the writer was interrupted {doing}", Interrupted(
+                    f"{self.request.target}: the writer was interrupted; the upload is aborted"))
 
     async def _incomplete(self, problem: str) -> None:
         if signals.killed(self.pid):
-            await self._abort(f"the writer was killed after {self.archive.written} bytes: {problem}")
-            raise Interrupted(f"{self.request.target}: the writer was killed; nothing was created")
-        await self._abort(f"not a complete archive: {problem}")
-        raise BadUpload(f"{self.request.target}: not a complete archive: {problem}; nothing was created")
+            raise await self._abort(f"the writer was killed after {self.archive.written} bytes: {problem}",
+                                    Interrupted(f"{self.request.target}: the writer was killed; nothing was created"))
+        raise await self._abort(f"not a complete archive: {problem}", BadUpload(
+            f"{self.request.target}: not a complete archive: {problem}; nothing was created"))
 
-    async def _abort(self, why: str) -> None:
-        """End the request mid-body, so that the engine creates nothing, and wait until it is gone."""
+    async def _unseekable(self, what: str) -> ImagefsError:
+        return await self._abort(f"{what}, behind the {self.sent} bytes already sent",
+                                 Unseekable(f"{self.request.target}: an upload is written once, from start to end"))
+
+    async def _abort(self, why: str, error: ImagefsError) -> ImagefsError:
+        """End the request mid-body, so that the engine creates nothing, and wait until it is gone;
+        `error` is what the writer is told, now and at every later write or close."""
+        self.error = error
         self._scope.cancel()
         if self.state in (State.SENDING, State.COMMITTING) and not self.dry_run:
             await self._answered.wait()  # cancelled, the request ends at once
         self._end(State.ABORTED, f"aborted: {why}; nothing was created")
         log.warning("upload %s aborted after %d bytes: %s", self.request.target, self.archive.written, why)
+        return error
 
     def _end(self, state: State, outcome: str) -> None:
         self.state, self.outcome = state, outcome
