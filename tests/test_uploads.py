@@ -280,3 +280,23 @@ def test_read_only_and_dry_run(engine: Engine, tmp: Path) -> None:
         record = (m.path / ".imagefs/import/dry:1").read_text()
         assert "dry-run: would send POST /images/create?fromSrc=-&repo=dry&tag=1 with 10240 bytes" in record
     assert engine.image_ids() == before
+
+
+def test_ctrl_c_while_the_engine_builds_cancels_the_build(engine: Engine, tmp: Path, cleanup: list[str]) -> None:
+    cleanup.append("acme/sleepy:1")
+    (tmp / "ctx.tar").write_bytes(context_tar("FROM busybox:latest\nRUN sleep 30\n"))
+    try:
+        with mounted(engine, tmp, expect=[ABORTED]) as m:
+            record = m.path / ".imagefs/build/acme/sleepy:1"
+            writer = subprocess.Popen(["cp", str(tmp / "ctx.tar"), f"{record},network=none"], stderr=subprocess.PIPE,
+                                      text=True)
+            wait_for(lambda: record.exists() and "Step 2/2 : RUN sleep 30" in record.read_text(), timeout=60)
+            writer.send_signal(signal.SIGINT)
+            start = time.monotonic()
+            assert writer.wait(10) != 0
+            assert time.monotonic() - start < 2  # answered at the next look at the writer, not after the build
+            assert "interrupted" in record.read_text()
+        time.sleep(1)
+        assert "acme/sleepy:1" not in engine.tags()
+    finally:
+        engine.docker("container", "prune", "-f", check=False)

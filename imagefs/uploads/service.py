@@ -9,7 +9,7 @@ import trio
 from ..activity import Activity
 from ..catalog import Catalog
 from ..engine import Engine
-from ..errors import Busy
+from ..errors import Busy, Closing
 from .kinds import Request
 from .upload import ENDED, Upload
 
@@ -33,6 +33,11 @@ class Uploads:
         upload = self.records[key] = Upload(request, self.engine, self.catalog, self.activity, self.nursery, pid)
         self._trim(request.kind)
         return upload
+
+    def abort(self) -> None:
+        """The mount is closing: every running upload ends now, creating nothing, and its writer is answered."""
+        for upload in self.records.values():
+            upload.cancel(Closing("the mount is closing; the upload was aborted"))
 
     def get(self, kind: str, target: str) -> Upload | None:
         return self.records.get((kind, target))

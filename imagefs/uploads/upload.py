@@ -139,6 +139,12 @@ class Upload:
                 await self._abort("closed before the archive was complete",
                                   BadUpload(f"{self.request.target}: closed before the archive was complete"))
 
+    def cancel(self, error: ImagefsError) -> None:
+        """End the request now, whoever waits (the mount is closing): `error` is what writers get."""
+        if self.state not in ENDED:
+            self.error = self.error or error
+            self._scope.cancel()
+
     # --- the request ------------------------------------------------------------------------
 
     def _start(self) -> None:
