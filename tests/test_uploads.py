@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Engine, mounted, wait_for
+from conftest import Engine, mount_imagefs, mounted, unmount, wait_for
 
 ABORTED = r"upload .* aborted after \d+ bytes"  # the daemon's warning for every upload it ends itself
 REFUSED = r"(flush|write): (BadParameter|EngineFailed|NoSuchImage): "  # an engine's refusal, passed on
@@ -300,3 +300,52 @@ def test_ctrl_c_while_the_engine_builds_cancels_the_build(engine: Engine, tmp: P
         assert "acme/sleepy:1" not in engine.tags()
     finally:
         engine.docker("container", "prune", "-f", check=False)
+
+
+def test_an_engine_that_dies_mid_upload_is_eio_and_keeps_nothing(engine: Engine, tmp: Path) -> None:
+    body = rootfs_tar({"big": os.urandom(4_000_000)})
+    m = mount_imagefs(engine, tmp, expect=[r"events stream down", r"Unreachable|Connect|unreachable", REFUSED,
+                                          r"write: EngineUnreachable", r"flush: EngineUnreachable", ABORTED])
+    try:
+        fd = os.open(m.path / ".imagefs/import/acme/dies:1", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, body[:1_000_000])
+        engine.kill(hard=True)
+        with pytest.raises(OSError) as failed:
+            for at in range(1_000_000, len(body), 100_000):
+                os.write(fd, body[at:at + 100_000])
+            os.close(fd)
+            fd = -1
+        assert failed.value.errno == errno.EIO
+        if fd >= 0:
+            with pytest.raises(OSError):
+                os.close(fd)
+        engine.start()  # .imagefs itself is EIO while the engine is down, like the rest of the tree
+        assert "failed" in (m.path / ".imagefs/import/acme/dies:1").read_text().splitlines()[0]
+    finally:
+        if not os.path.exists(engine.sock):
+            engine.start()
+        unmount(m)
+    assert "acme/dies:1" not in engine.tags()
+
+
+FORKING_WRITER = """
+import os, subprocess, sys
+data = open(sys.argv[1], "rb").read()
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+os.write(fd, data[:len(data) // 2])
+subprocess.run(["true"], check=True)  # the child's exec closes its copy of fd: a flush mid-upload
+os.write(fd, data[len(data) // 2:])
+os.close(fd)
+"""
+
+
+def test_a_child_of_the_writer_closing_its_copy_ends_nothing(engine: Engine, tmp: Path, cleanup: list[str]) -> None:
+    cleanup.append("acme/forked:1")
+    (tmp / "body").write_bytes(rootfs_tar({"a": os.urandom(100_000)}))
+    (tmp / "writer.py").write_text(FORKING_WRITER)
+    with mounted(engine, tmp) as m:
+        target = m.path / ".imagefs/import/acme/forked:1"
+        done = subprocess.run(["python3", str(tmp / "writer.py"), str(tmp / "body"), str(target)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr + target.read_text()
+    assert "acme/forked:1" in engine.tags()

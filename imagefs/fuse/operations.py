@@ -89,7 +89,7 @@ class Operations(pyfuse3.Operations):
         attr.st_uid = self.uid if s.uid is None else s.uid
         attr.st_gid = self.gid if s.gid is None else s.gid
         attr.st_rdev = s.rdev
-        attr.st_blksize = 128 * 1024
+        attr.st_blksize = s.blksize
         attr.st_blocks = (s.size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = s.mtime * 1_000_000_000
         ttl = self.tree.entry_ttl

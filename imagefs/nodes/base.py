@@ -34,6 +34,7 @@ class Stat:
     uid: int | None = None  # None: the mounting user
     gid: int | None = None
     rdev: int = 0
+    blksize: int = 128 * 1024  # the I/O size cp and cat choose for this file
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -23,6 +24,7 @@ class Uploads:
     activity: Activity
     nursery: trio.Nursery
     records: dict[tuple[str, str], Upload] = field(default_factory=dict)  # (kind, target) -> the latest
+    started: float = field(default_factory=time.time)
 
     def begin(self, request: Request, pid: int) -> Upload:
         key = (request.kind, request.target)
