@@ -5,7 +5,8 @@
 the worker threads of `bulkget`; `Endpoint.open_stream` makes the same connection as a trio
 stream, which httpx gets through the network backend in `transport`. Both start at
 `Endpoint._dial`, so a new kind of address (ssh: `docker system dial-stdio`) is one more
-branch there and reaches both clients.
+branch there and reaches both clients. `Endpoint.explain` says what a failed connection
+needs fixed (which certificate), for both clients.
 
 httpx is given that network backend rather than an `AsyncHTTPTransport(uds=…,
 socket_options=…, verify=…)`: with the stock transport httpcore would make its own sockets,
@@ -115,7 +116,8 @@ class EngineConfig:
         # tcp:// without a port means the docker CLI's ports; http(s):// the scheme's.
         default_port = (2376 if tls else 2375) if parts.scheme == "tcp" else (443 if tls else 80)
         ctx = self._tls_context() if tls else None
-        return Endpoint(None, parts.hostname, port or default_port, ctx, parts.path.rstrip("/"))
+        return Endpoint(None, parts.hostname, port or default_port, ctx, parts.path.rstrip("/"),
+                        tls_files=TlsFiles(self.tls_ca if self.tls_verify else None, self.tls_cert) if tls else None)
 
     def _tls_context(self) -> ssl.SSLContext:
         ca = self.tls_ca if self.tls_verify else None
@@ -141,6 +143,14 @@ def _existing(path: Path) -> str | None:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The certificates a TLS endpoint was made with, for messages that name them."""
+
+    ca: str | None  # None: the system's CAs, or (without --tlsverify) the engine is not checked
+    cert: str | None
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """A unix socket path, or a host and port (with a TLS context or not); and the URL prefix of the API."""
 
@@ -149,6 +159,7 @@ class Endpoint:
     port: int
     tls: ssl.SSLContext | None
     prefix: str
+    tls_files: TlsFiles | None = None
 
     @property
     def authority(self) -> str:
@@ -186,6 +197,31 @@ class Endpoint:
             raise
         return tls
 
+    def explain(self, exc: BaseException) -> str | None:
+        """A failure of a connection to this endpoint in the words that say what to fix: which
+        certificate TLS refused; None when the exception says it already."""
+        refused = next((e for e in _causes(exc) if isinstance(e, ssl.SSLError)), None)
+        if refused is None or self.tls_files is None:
+            return None
+        return _tls_reason(refused, self.tls_files)
+
+    async def diagnose(self, timeout: float) -> str | None:
+        """Why the engine refuses connections, from one that only listens; None if it tells nothing.
+
+        A TLS 1.3 engine judges the client certificate after the handshake, and its verdict can
+        be lost to a reset when a request is written meanwhile (as every call does at once).
+        """
+        if self.tls is None:
+            return None
+        try:
+            stream = await self.open_stream(timeout)
+            async with stream:
+                with trio.move_on_after(timeout):
+                    await stream.receive_some(1)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            return self.explain(exc)
+        return None
+
     def _dial(self, timeout: float | None) -> socket.socket:
         """The engine's socket before TLS (blocking)."""
         if self.uds is not None:
@@ -199,6 +235,33 @@ class Endpoint:
             for level, option, value in TCP_KEEPALIVE:
                 sock.setsockopt(level, option, value)
         return sock
+
+
+# The alerts a TLS server sends when it refuses the client's certificate, or the lack of one.
+_CLIENT_REFUSED = frozenset({"SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                             "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+                             "TLSV1_ALERT_ACCESS_DENIED", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE"})
+
+
+def _tls_reason(err: ssl.SSLError, files: TlsFiles) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        trusted = f"the CA certificate {files.ca}" if files.ca else "the system's CA certificates"
+        return f"TLS: the engine's certificate is not trusted by {trusted} ({err.verify_message})"
+    if err.reason in _CLIENT_REFUSED:
+        if files.cert is None:
+            return ("TLS: the engine wants a client certificate and none was given "
+                    "(--tlscert and --tlskey, or cert.pem and key.pem in $DOCKER_CERT_PATH)")
+        return f"TLS: the engine refused the client certificate {files.cert} ({err.reason})"
+    return f"TLS: {err.reason or err}"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        yield at
+        at = at.__cause__ or at.__context__
 
 
 @contextlib.contextmanager

@@ -35,14 +35,15 @@ def quote_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _mapped(request: str) -> Iterator[None]:
-    """httpx's exceptions become imagefs's: timeouts apart from every other transport failure."""
+def _mapped(request: str, endpoint: Endpoint) -> Iterator[None]:
+    """httpx's exceptions become imagefs's: timeouts apart from every other transport failure, which
+    the endpoint explains where it can (which certificate was refused)."""
     try:
         yield
     except httpx.TimeoutException as exc:
         raise EngineTimeout(f"{request}: engine did not answer in time ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
-        raise EngineUnreachable(f"{request}: {type(exc).__name__}: {exc}") from exc
+        raise EngineUnreachable(f"{request}: {endpoint.explain(exc) or f'{type(exc).__name__}: {exc}'}") from exc
 
 
 def _error_message(body: bytes) -> str:
@@ -126,7 +127,7 @@ class Engine:
             return None
         if self.config.debug:
             log.debug("engine request %s", request)
-        with _mapped(request):
+        with _mapped(request, self.endpoint):
             resp = await self.client.request(method, url, params=query)
         if resp.status_code >= 400:
             raise engine_error(resp.status_code, _error_message(resp.content), request)
@@ -143,7 +144,7 @@ class Engine:
             log.debug("engine request %s (stream)", request)
         timeout = httpx.Timeout(self.config.timeout, read=None)
         async with self._new_client(timeout) as client:
-            with _mapped(request):
+            with _mapped(request, self.endpoint):
                 async with client.stream("GET", url, params=query) as resp:
                     if resp.status_code >= 400:
                         raise engine_error(resp.status_code, _error_message(await resp.aread()), request)
@@ -194,7 +195,7 @@ class Engine:
         async with self.stream("/events", [("filters", json.dumps(filters))]) as resp:
 
             async def decoded() -> AsyncIterator[dict[str, Any]]:
-                with _mapped("GET /events"):
+                with _mapped("GET /events", self.endpoint):
                     async for line in resp.aiter_lines():
                         if line.strip():
                             yield _event(line)
