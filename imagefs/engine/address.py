@@ -4,9 +4,9 @@
 `Endpoint.connect` makes a blocking socket (TLS-wrapped where the address asks for TLS) for
 the worker threads of `bulkget`; `Endpoint.open_stream` makes the same connection as a trio
 stream, which httpx gets through the network backend in `transport`. Both start at
-`Endpoint._dial`, so a new kind of address (ssh: `docker system dial-stdio`) is one more
-branch there and reaches both clients. `Endpoint.explain` says what a failed connection
-needs fixed (which certificate), for both clients.
+`Endpoint._dial`, so every kind of address reaches both clients: an ssh:// engine
+(`docker system dial-stdio`, in `sshdial`) is one more branch there. `Endpoint.explain` says
+what a failed connection needs fixed (a certificate, ssh's own complaint), for both clients.
 
 httpx is given that network backend rather than an `AsyncHTTPTransport(uds=…,
 socket_options=…, verify=…)`: with the stock transport httpcore would make its own sockets,
@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import trio
 
 from ..options import default
+from .sshdial import SshTarget
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # The events stream may be silent for hours: without keepalive a peer that vanished (a half-open
@@ -99,13 +100,13 @@ class EngineConfig:
         address or TLS files that cannot be used (the CLI checks this before it forks)."""
         parts = urlsplit(self.host)
         if parts.scheme == "ssh":
-            raise ValueError("ssh:// engines are not supported yet (use unix://, tcp://, http:// or https://)")
+            return Endpoint(None, "docker", 80, None, "", ssh=SshTarget.parse(self.host, parts))
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError(f"engine address {self.host!r} names no socket path")
             return Endpoint(parts.path, "docker", 80, None, "")
         if parts.scheme not in ("tcp", "http", "https") or not parts.hostname:
-            raise ValueError(f"unsupported engine address {self.host!r} (use unix://, tcp://, http:// or https://)")
+            raise ValueError(f"unsupported engine address {self.host!r} (use unix://, tcp://, http(s):// or ssh://)")
         try:
             port = parts.port
         except ValueError:
@@ -152,13 +153,15 @@ class TlsFiles:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A unix socket path, or a host and port (with a TLS context or not); and the URL prefix of the API."""
+    """A unix socket path, or a host and port (with a TLS context or not), or an ssh target; and
+    the URL prefix of the API."""
 
     uds: str | None
     host: str
     port: int
     tls: ssl.SSLContext | None
     prefix: str
+    ssh: SshTarget | None = None
     tls_files: TlsFiles | None = None
 
     @property
@@ -199,7 +202,9 @@ class Endpoint:
 
     def explain(self, exc: BaseException) -> str | None:
         """A failure of a connection to this endpoint in the words that say what to fix: which
-        certificate TLS refused; None when the exception says it already."""
+        certificate TLS refused, or what ssh said; None when the exception says it already."""
+        if self.ssh is not None:
+            return self.ssh.failure()
         refused = next((e for e in _causes(exc) if isinstance(e, ssl.SSLError)), None)
         if refused is None or self.tls_files is None:
             return None
@@ -224,6 +229,8 @@ class Endpoint:
 
     def _dial(self, timeout: float | None) -> socket.socket:
         """The engine's socket before TLS (blocking)."""
+        if self.ssh is not None:
+            return self.ssh.dial(timeout)
         if self.uds is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             with _closed_on_error(sock):

@@ -322,7 +322,7 @@ def _start(conn: _Connection, limiter: trio.CapacityLimiter, where: Endpoint, ta
 
 @contextmanager
 def _explained(where: Endpoint, request: str) -> Iterator[None]:
-    """A connection that failed, in the words the endpoint has for it (which certificate)."""
+    """A connection that failed, in the words the endpoint has for it (a certificate, ssh's)."""
     try:
         yield
     except EngineUnreachable as exc:

@@ -37,7 +37,7 @@ def quote_name(name: str) -> str:
 @contextlib.contextmanager
 def _mapped(request: str, endpoint: Endpoint) -> Iterator[None]:
     """httpx's exceptions become imagefs's: timeouts apart from every other transport failure, which
-    the endpoint explains where it can (which certificate was refused)."""
+    the endpoint explains where it can (a certificate refused, what ssh said)."""
     try:
         yield
     except httpx.TimeoutException as exc:
