@@ -20,27 +20,24 @@ from pathlib import Path
 
 import private_sshd
 import pytest
-from conftest import IMAGEFS, Engine, mounted, pretty, wait_for
+from conftest import IMAGEFS, Client, Engine, mounted, pretty, wait_for
 from test_control_files import write
 
 SAMPLE = "localhost:5000/team/app:2"
 
 
 @dataclass
-class SshClient(Engine):
+class SshClient(Client):
     """The engine as an ssh:// client sees it: `ssh` on PATH reaches it through `sshd`."""
 
     sshd: private_sshd.Sshd | None = None
-
-    def env(self) -> dict[str, str]:
-        assert self.sshd is not None
-        return self.sshd.env(super().env())
 
 
 def _serving(engine: Engine) -> Iterator[SshClient]:
     root = Path(tempfile.mkdtemp(prefix="ifs-ssh-", dir="/tmp"))
     try:
-        yield SshClient(engine.root, private_sshd.start(root, engine.host))
+        sshd = private_sshd.start(root, engine.host)
+        yield SshClient(engine.root, extra={"PATH": sshd.path}, sshd=sshd)
     finally:
         private_sshd.stop(root)
 

@@ -15,11 +15,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import IMAGEFS, Engine, mounted, pretty, private_engine, wait_for
+from conftest import IMAGEFS, Client, Engine, mounted, pretty, private_engine, wait_for
 from test_control_files import write
 
 SAMPLE = "hello:latest"
@@ -45,15 +45,11 @@ def _certificates(where: Path, ca: str) -> None:
 
 
 @dataclass
-class TlsEngine(Engine):
-    """The engine as a TLS client sees it: what `env` adds reaches the CLI and imagefs alike."""
+class TlsEngine(Client):
+    """The TLS engine: its tcp:// address and the certificates made for it."""
 
     address: str = ""
     certs: Path = Path()
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    def env(self) -> dict[str, str]:
-        return dict(super().env(), **self.extra_env)
 
     def cert(self, name: str) -> str:
         return str(self.certs / name)
@@ -110,7 +106,7 @@ def test_the_docker_cli_environment_gives_the_certificates(tls_engine: TlsEngine
     for ours, theirs in (("ca.pem", "ca.pem"), ("ca-client-cert.pem", "cert.pem"), ("ca-client-key.pem", "key.pem")):
         shutil.copy(tls_engine.cert(ours), cert_path / theirs)
     env = {"DOCKER_HOST": tls_engine.address, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(cert_path)}
-    client = TlsEngine(tls_engine.root, address=tls_engine.address, certs=tls_engine.certs, extra_env=env)
+    client = Client(tls_engine.root, extra=dict(env))
     assert client.docker("version", "--format", "{{.Server.Version}}").stdout.strip()  # the CLI agrees
     with mounted(client, tmp) as m:
         assert (m / f"{SAMPLE}/inspect").read_bytes() == pretty(tls_engine.api(f"/images/{SAMPLE}/json"))
@@ -141,3 +137,15 @@ def test_a_certificate_problem_is_one_line_at_mount(tls_engine: TlsEngine, tmp: 
     expected = (f"imagefs: cannot reach the Docker engine at {tls_engine.address}: TLS: "
                 + problem.format(certs=tls_engine.certs))
     assert result.stderr.startswith(expected), result.stderr
+
+
+def test_a_docker_context_gives_the_certificates(tls_engine: TlsEngine, tmp: Path) -> None:
+    """The context's own copy of its TLS material (contexts/tls/…), whatever the TLS variables say."""
+    config = tmp / "docker-config"
+    user = Client(tls_engine.root, extra={"DOCKER_HOST": None, "DOCKER_CONFIG": str(config),
+                                          "DOCKER_CERT_PATH": str(tmp / "none"), "DOCKER_TLS_VERIFY": None})
+    user.docker("context", "create", "secure", "--docker",
+                f"host={tls_engine.address},ca={tls_engine.cert('ca.pem')},"
+                f"cert={tls_engine.cert('ca-client-cert.pem')},key={tls_engine.cert('ca-client-key.pem')}")
+    with mounted(user, tmp, "--context", "secure") as m:
+        assert (m / f"{SAMPLE}/inspect").read_bytes() == pretty(tls_engine.api(f"/images/{SAMPLE}/json"))

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import trio
 
 from ..options import default
+from . import contexts
 from .sshdial import SshTarget
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -51,6 +52,7 @@ class EngineConfig:
 
     host: str = DEFAULT_HOST
     base_path: str | None = None  # "/v1.41" pins the version; None negotiates
+    tls: bool = False  # TLS on tcp:// even without certificates (a context's SkipTLSVerify)
     tls_verify: bool = False
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -71,15 +73,27 @@ class EngineConfig:
         tlscacert: str | None = None,
         tlscert: str | None = None,
         tlskey: str | None = None,
+        context: str | None = None,
         env: dict[str, str] | None = None,
         **rest: Any,
     ) -> EngineConfig:
-        """-H wins, then the seed's --hostname/--scheme, then DOCKER_HOST, then the default socket."""
+        """--context, else -H, then the seed's --hostname/--scheme, then DOCKER_HOST, then the docker
+        context in use (`contexts`), then the default socket."""
         env = dict(os.environ) if env is None else env
+        if base_path is not None:
+            base_path = "/" + base_path.strip("/") if base_path.strip("/") else None
+        address_given = bool(host or hostname or scheme)
+        if context and address_given:
+            raise ValueError("conflicting options: either an engine address (-H, --hostname) or --context, not both")
+        name = contexts.current(context, address_given, env)
+        if name != contexts.DEFAULT:
+            ctx = contexts.load(name, env)
+            return cls(host=ctx.host, base_path=base_path, tls=ctx.tls, tls_verify=ctx.verify, tls_ca=ctx.ca,
+                       tls_cert=ctx.cert, tls_key=ctx.key, **rest)
         if not host and (hostname or scheme):
             host = f"{scheme or 'http'}://{hostname or 'localhost'}"
         host = host or env.get("DOCKER_HOST") or DEFAULT_HOST
-        cert_path = Path(env.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+        cert_path = Path(env.get("DOCKER_CERT_PATH") or contexts.config_dir(env))
         verify = bool(tlsverify) if tlsverify is not None else bool(env.get("DOCKER_TLS_VERIFY"))
         uses_certs = verify or any((tlscacert, tlscert, tlskey)) or "DOCKER_CERT_PATH" in env
         if uses_certs:
@@ -88,12 +102,8 @@ class EngineConfig:
             # there; one that was named must be (`endpoint` says so).
             tlscert = tlscert or _existing(cert_path / "cert.pem")
             tlskey = tlskey or _existing(cert_path / "key.pem")
-        if base_path is not None and not base_path.startswith("/"):
-            base_path = "/" + base_path
-        return cls(
-            host=host, base_path=base_path.rstrip("/") if base_path else None,
-            tls_verify=verify, tls_ca=tlscacert, tls_cert=tlscert, tls_key=tlskey, **rest,
-        )
+        return cls(host=host, base_path=base_path, tls_verify=verify, tls_ca=tlscacert, tls_cert=tlscert,
+                   tls_key=tlskey, **rest)
 
     def endpoint(self) -> Endpoint:
         """Where to connect and with what TLS; a ValueError with a one-line reason for an
@@ -113,7 +123,7 @@ class EngineConfig:
             raise ValueError(f"engine address {self.host!r} has a bad port") from None
         # from_options sets the CA path whenever certificates are in play: on tcp:// that asks for TLS.
         tls = parts.scheme == "https" or (
-            parts.scheme == "tcp" and bool(self.tls_verify or self.tls_ca or self.tls_cert))
+            parts.scheme == "tcp" and bool(self.tls or self.tls_verify or self.tls_ca or self.tls_cert))
         # tcp:// without a port means the docker CLI's ports; http(s):// the scheme's.
         default_port = (2376 if tls else 2375) if parts.scheme == "tcp" else (443 if tls else 80)
         ctx = self._tls_context() if tls else None
