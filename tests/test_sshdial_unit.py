@@ -82,6 +82,15 @@ def test_a_failed_ssh_is_told_in_its_own_words_before_the_end_of_file(fake_ssh: 
     assert ssh.failure() is None  # one that worked clears it
 
 
+def test_an_old_failure_explains_nothing(fake_ssh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _script(fake_ssh, 'echo "Connection refused" >&2; exit 255')
+    ssh = target("ssh://h")
+    with ssh.dial(5) as sock:
+        assert sock.recv(100) == b""
+    monkeypatch.setattr(sshdial, "RECENT", 0.0)
+    assert ssh.failure() is None
+
+
 def test_hanging_up_ends_the_process(fake_ssh: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     _script(fake_ssh, f"echo $$ > {pidfile}; exec sleep 1000")

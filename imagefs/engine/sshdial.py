@@ -22,6 +22,7 @@ import shlex
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, unquote
 
@@ -30,23 +31,25 @@ SSH = "ssh"  # found on PATH, as the docker CLI finds it
 # TCP keepalive of tcp:// engines), instead of when the kernel gives up on the ssh connection.
 KEEPALIVE = ("-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3")
 STDERR_KEPT = 4096  # bytes of ssh's stderr kept for the message
+RECENT = 5.0  # seconds a failure stays the explanation of a connection that just ended
 TERM_GRACE = 3.0  # seconds ssh has to exit after SIGTERM (the CLI's grace too) before SIGKILL
 
 
 class _Failures:
-    """The last ssh failure of one address, in ssh's words; an ssh that worked clears it."""
+    """The last ssh failure of one address, in ssh's words, and when; an ssh that worked clears it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._last: str | None = None
+        self._last: tuple[str, float] | None = None
 
     def set(self, reason: str | None) -> None:
         with self._lock:
-            self._last = reason
+            self._last = None if reason is None else (reason, time.monotonic())
 
-    def get(self) -> str | None:
+    def get(self, within: float) -> str | None:
         with self._lock:
-            return self._last
+            last = self._last
+        return last[0] if last is not None and time.monotonic() - last[1] <= within else None
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,10 @@ class SshTarget:
                 "-o", f"ConnectTimeout={connect}", *KEEPALIVE, "-T", "--", self.host, shlex.join(remote)]
 
     def failure(self) -> str | None:
-        """Why the last ssh to this address that failed did, in ssh's words (None after one that worked)."""
-        return self._failures.get()
+        """Why an ssh to this address failed just now, in ssh's words; None if none did (or one
+        worked since). A connection's end is read only after its failure is recorded, so a
+        failure just met is one of these: an older one tells nothing about it."""
+        return self._failures.get(within=RECENT)
 
     def dial(self, timeout: float | None) -> socket.socket:
         """A socket whose peer is a new ssh process (blocking: for worker threads)."""
