@@ -32,6 +32,7 @@ from imagefs.spool.exports import Exports
 from imagefs.spool.sizes import Sizes
 from imagefs.spool.store import Store
 
+
 class _Context:
     pid = 0  # no process: only open and create read it, and only uploads use it
 
