@@ -48,19 +48,19 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
         problem = checksum_problem(header)
         if problem:
             return Walk(f"no tar header at byte {offset}: {problem}")
-        length = number(header[124:136]) if "size" not in pax else _pax_size(pax["size"])
+        length = header_size(header[124:136]) if "size" not in pax else pax_size(pax["size"])
         if length is None:
             return Walk(f"the header at byte {offset} has no readable size")
         kind = header[156]
-        name = pax.get("path") or longname or _name(header)
+        name = pax.get("path") or longname or header_name(header)
         pax, longname = {}, None
         if kind in HEADER_ONLY:
             length = 0
         elif kind == ord("x"):
             if length > MAX_PAX or offset + BLOCK + length > size:
                 return Walk(f"the extended header at byte {offset} is cut or too long ({length} bytes)")
-            records = _pax_records(read(offset + BLOCK, length))
-            if records is None or ("size" in records and _pax_size(records["size"]) is None):
+            records = pax_records(read(offset + BLOCK, length))
+            if records is None or ("size" in records and pax_size(records["size"]) is None):
                 return Walk(f"the extended header at byte {offset} is malformed")
             pax = records
         elif kind == ord("L"):  # GNU's long name, for the member after it
@@ -72,12 +72,12 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
         offset += BLOCK + -(-length // BLOCK) * BLOCK
 
 
-def _name(header: bytes) -> str:
+def header_name(header: bytes) -> str:
     return member_name(header).decode("utf-8", "replace")
 
 
 def member_name(header: bytes) -> bytes:
-    """A header's own name field, with the ustar prefix."""
+    """A header's own name field, with the ustar prefix, as bytes."""
     name = header[:100].split(b"\0", 1)[0]
     if header[257:262] == b"ustar":
         prefix = header[345:500].split(b"\0", 1)[0]
@@ -86,22 +86,22 @@ def member_name(header: bytes) -> bytes:
     return name
 
 
-def _pax_size(value: str) -> int | None:
+def pax_size(value: str) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-def _pax_records(data: bytes) -> dict[str, str] | None:
-    records = pax_records(data)
+def pax_records(data: bytes) -> dict[str, str] | None:
+    """The "LENGTH KEY=VALUE\n" records of an extended header (the last of a key wins), or None if malformed."""
+    records = pax_records_raw(data)
     if records is None:
         return None
     return {key.decode("utf-8", "replace"): value.decode("utf-8", "replace") for key, value in records.items()}
 
 
-def pax_records(data: bytes) -> dict[bytes, bytes] | None:
-    """The "LENGTH KEY=VALUE\n" records of an extended header (the last of a key wins), or None if malformed.
+def pax_records_raw(data: bytes) -> dict[bytes, bytes] | None:
+    """The same records as bytes: an extended attribute's value (security.capability) is binary.
 
-    Each record is found by its length: a value may itself hold newlines and "size=". Values are
-    bytes: an extended attribute's value (security.capability) is binary.
+    Each record is found by its length: a value may itself hold newlines and "size=".
     """
     records: dict[bytes, bytes] = {}
     pos = 0
@@ -144,7 +144,7 @@ def checksum_problem(header: bytes) -> str | None:
     return None
 
 
-def number(field: bytes) -> int | None:
+def header_size(field: bytes) -> int | None:
     if field[0] & 0x80:  # base-256, for sizes of 8 GiB and more
         if field[0] != 0x80:
             return None  # negative

@@ -1,4 +1,4 @@
-"""bench.py's rootfs/ measurements (section 4), on an image of --rootfs-files files and --rootfs-mb MiB.
+"""bench.py's rootfs/ measurements (section 6), on an image of --rootfs-files files and --rootfs-mb MiB.
 
   - the first `cat` of one small file in a never-exported image (fresh mount, fresh cache) against a
     raw ImageGet of the image, and against what a user does today: `docker create` + `docker export |
@@ -57,7 +57,7 @@ def index_figures(log_file: Path) -> tuple[int, int, float] | None:
 
 def bench_rootfs(bench: Bench, report: Report) -> None:
     files, mib = bench.args.rootfs_files, bench.args.rootfs_mb
-    report.section(f"4. rootfs/ of a {files}-file, {mib} MiB image")
+    report.section(f"6. rootfs/ of a {files}-file, {mib} MiB image")
     if not bench.api.exists(ROOTFS_REF):
         log(f"building {ROOTFS_REF} ({files} files and {mib} MiB, offline)")
         bench.build(ROOTFS_REF, "FROM scratch\nCOPY files /files\nCOPY big.bin /big.bin\n",

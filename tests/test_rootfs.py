@@ -206,3 +206,11 @@ def test_file_capabilities_reach_the_reader(engine: Engine, mount: Mount, tmp: P
         assert os.listxattr(mount / "rfs/xattr:1/inspect") == []
     finally:
         engine.docker("rmi", "rfs/xattr:1")
+
+
+def test_no_xattrs_turns_them_off_everywhere(engine: Engine, tricky: str, tmp: Path) -> None:
+    with mounted(engine, tmp, "--no-xattrs") as m:
+        for path in (m / tricky / "rootfs/hl1", m / tricky / "inspect"):
+            with pytest.raises(OSError) as info:
+                os.listxattr(path)
+            assert info.value.errno == errno.EOPNOTSUPP

@@ -16,11 +16,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from ..activity import Activity
 from ..catalog import Catalog
 from ..errors import NotPermitted, ReadOnly
 from ..references import TreePath
 from ..rootfs.indexes import Indexes
 from ..spool.exports import Exports
+from ..uploads.service import Uploads
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Stat:
     uid: int | None = None  # None: the mounting user
     gid: int | None = None
     rdev: int = 0
+    blksize: int = 128 * 1024  # the I/O size cp and cat choose for this file
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Context:
     exports: Exports
     read_only: bool = False
     outcomes: dict[TreePath, str] = field(default_factory=dict)
+    activity: Activity = field(default_factory=Activity)  # long operations, for .imagefs/status
+    uploads: Uploads | None = None  # None: no load/, import/, build/ (a tree without a nursery for them)
     rootfs: Indexes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -81,7 +86,8 @@ class Dir(Node):
     async def entries(self) -> list[tuple[str, Node]]:
         """The children readdir lists (hidden ones excepted)."""
 
-    async def create(self, name: str, flags: int) -> tuple[Node, Handle]:
+    async def create(self, name: str, flags: int, pid: int) -> tuple[Node, Handle]:
+        """A new file of that name, opened for the process `pid` (an upload watches its writer)."""
         raise NotPermitted(f"no file can be created in /{'/'.join(self.path)}")
 
 
@@ -91,7 +97,7 @@ class File(Node):
         return False
 
     @abstractmethod
-    async def open(self, flags: int) -> Handle: ...
+    async def open(self, flags: int, pid: int) -> Handle: ...
 
 
 class Handle(ABC):
@@ -107,6 +113,11 @@ class Handle(ABC):
 
     async def write(self, offset: int, data: bytes) -> int:
         raise ReadOnly("this file takes no writes")
+
+    async def truncate(self, size: int) -> None:
+        """ftruncate(2) of this open file by a writer: only to nothing (`echo cmd > file`)."""
+        if size:
+            raise NotPermitted("this file can only be truncated to nothing")
 
     async def flush(self) -> None:
         """close(2) of one descriptor: its errno is the caller's (a release's is lost)."""

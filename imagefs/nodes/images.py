@@ -15,15 +15,18 @@ from .. import controls, references
 from ..catalog import Image
 from ..references import TreePath
 from ..rootfs.build import ROOTFS
+from ..uploads import kinds
 from .base import Context, Dir, Node, Stat, dir_stat
 from .controls import ControlFile
 from .documents import image_document, version_document
 from .exports import ExportFile
 from .layers import LayersDir
 from .rootfs import TreeDir, View
+from .uploads import UploadDir
 
 RESERVED = ".imagefs"
 IDS = "ids"
+UPLOADS = (kinds.LOAD, kinds.IMPORT, kinds.BUILD)
 
 ImageFile = Callable[[Context, TreePath, Image, str], Awaitable[Node]]
 
@@ -134,6 +137,8 @@ class ReservedDir(Dir):
             return IdsDir(self.ctx, path)
         if name == "version":
             return await version_document(self.ctx, path)
+        if name in UPLOADS and self.ctx.uploads is not None:
+            return UploadDir(self.ctx, path, self.ctx.uploads, name)
         snap = await self.ctx.catalog.snapshot()
         if name == "prune":
             return ControlFile(self.ctx, path, controls.COMMANDS["prune"], "", None, snap.newest.get((), 0))
@@ -144,7 +149,7 @@ class ReservedDir(Dir):
         return None
 
     async def entries(self) -> list[tuple[str, Node]]:
-        return await _children(self, [IDS, "all.tar", "prune", "version"])
+        return await _children(self, sorted([IDS, "all.tar", "prune", "version", *UPLOADS]))
 
 
 @dataclass

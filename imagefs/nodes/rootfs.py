@@ -90,7 +90,7 @@ class RowDir(RowNode, Dir):
 
 @dataclass
 class RowFile(RowNode, File):
-    async def open(self, flags: int) -> Handle:
+    async def open(self, flags: int, pid: int) -> Handle:
         if self.row.size == 0:
             return BytesHandle(b"", digest(b""))
         source = await self.view.ctx.rootfs.data(self.view.image_id, self.view.target, self.row.layer)

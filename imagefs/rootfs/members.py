@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..tarcheck import BLOCK, checksum_problem, member_name, number, pax_records
+from ..tarcheck import BLOCK, checksum_problem, header_size, member_name, pax_records_raw
 
 REGULAR, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO = b"0123456"
 XATTR = b"SCHILY.xattr."
@@ -86,7 +86,7 @@ def members(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Mem
                 raise BadArchive(f"extended header at byte {data - BLOCK - start} is cut or too long")
             meta = bytes(buf[data : data + size])
             if kind == ord("x"):
-                records = pax_records(meta)
+                records = pax_records_raw(meta)
                 if records is None:
                     raise BadArchive(f"malformed extended header at byte {data - BLOCK - start}")
                 pax = records
@@ -111,11 +111,15 @@ def members(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Mem
             size=size,
             offset=data - start,
             link=pax.get(b"linkpath") or longlink or header[157:257].split(b"\0", 1)[0],
-            rdev=(number(header[329:337]) or 0, number(header[337:345]) or 0) if kind in (CHAR, BLOCKDEV) else (0, 0),
+            rdev=_device(header) if kind in (CHAR, BLOCKDEV) else (0, 0),
             xattrs={k[len(XATTR) :]: v for k, v in pax.items() if k.startswith(XATTR)} or None,
         )
         pax, longname, longlink = {}, None, None
     raise BadArchive(f"the archive ends at byte {end - start} with no end-of-archive marker")
+
+
+def _device(header: bytes) -> tuple[int, int]:
+    return header_size(header[329:337]) or 0, header_size(header[337:345]) or 0
 
 
 def _number(field: bytes, override: bytes | None, at: int) -> int:
@@ -124,7 +128,7 @@ def _number(field: bytes, override: bytes | None, at: int) -> int:
             return int(field.strip(b" \0") or b"0", 8)
         except ValueError:
             pass
-    value = number(field) if override is None else int(override) if override.isdigit() else None
+    value = header_size(field) if override is None else int(override) if override.isdigit() else None
     if value is None:
         raise BadArchive(f"unreadable number {field!r} in the header before byte {at}")
     return value
