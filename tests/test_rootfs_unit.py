@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from rootfs_tars import M, layer, save
 
 from imagefs.rootfs.build import ROOTFS, build, files_tree, removed_tree
 from imagefs.rootfs.index import Index, Row
-from imagefs.rootfs.members import BadArchive
+from imagefs.rootfs.members import BadArchive, members
 from imagefs.rootfs.trim import INDEX, trim
 
 Tree = dict[str, Row]
@@ -164,7 +166,7 @@ def test_a_cut_or_odd_save_is_an_error(tmp_path: Path) -> None:
 
 NAMES = ["a", "b", "c"]
 paths = stg.lists(stg.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
-members = stg.lists(stg.tuples(stg.sampled_from(["file", "dir", "wh", "opq"]), paths), max_size=8)
+layer_members = stg.lists(stg.tuples(stg.sampled_from(["file", "dir", "wh", "opq"]), paths), max_size=8)
 
 
 def model(layers: list[list[tuple[str, str]]]) -> dict[str, str]:
@@ -205,7 +207,7 @@ def as_member(kind: str, path: str) -> M:
 
 
 @settings(max_examples=150, deadline=None)
-@given(stg.lists(members, min_size=1, max_size=4))
+@given(stg.lists(layer_members, min_size=1, max_size=4))
 def test_merge_matches_the_model(layers: list[list[tuple[str, str]]]) -> None:
     with tempfile.TemporaryDirectory() as where:
         ix = index_of(save([layer(*(as_member(k, p) for k, p in ms)) for ms in layers]), Path(where))
@@ -232,3 +234,29 @@ def test_trim_removes_least_recent_indexes_and_the_layers_only_they_read(tmp_pat
     removed = trim(tmp_path, total - 1, {made[0]})  # image0 is open here: image1 goes, and its layer
     assert removed[0] == made[1] and len(removed) == 2 and removed[1] in side
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({made[0], made[2]} | (side - {removed[1]}))
+
+
+# --- the member walk against tarfile: long and non-ASCII names, every format ---------------------
+
+names = stg.lists(stg.text(stg.characters(codec="utf-8", exclude_characters="/\0"), min_size=1, max_size=40)
+                  .filter(lambda n: n not in (".", "..")), min_size=1, max_size=6).map("/".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(stg.lists(stg.tuples(names, stg.binary(max_size=700), stg.sampled_from(["file", "dir", "symlink"])),
+                 min_size=1, max_size=6),
+       stg.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]))
+def test_the_member_walk_agrees_with_tarfile(entries: list[tuple[str, bytes, str]], fmt: int) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for name, data, kind in entries:
+            info = tarfile.TarInfo(name)
+            info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[kind]
+            info.linkname = name[::-1] if kind == "symlink" else ""
+            info.size = len(data) if kind == "file" else 0
+            tar.addfile(info, io.BytesIO(data if kind == "file" else b""))
+    raw = out.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        expected = [(m.name.encode(), m.size, m.offset_data, m.linkname.encode()) for m in tar]
+    got = [(m.path.rstrip(b"/"), m.size, m.offset, m.link) for m in members(raw)]
+    assert got == expected
