@@ -15,6 +15,7 @@
     ├── SpoolError               the local cache failed (a full disk is ENOSPC): not the engine's fault
     ├── Closing                  the mount is going away: imagefs ended it, the engine did not fail
     ├── BadCommand               a control write imagefs refuses before sending anything
+    ├── CredentialsFailed        the docker CLI's credentials could not be had (config.json, a helper)
     ├── NotPermitted             what the tree never allows (rm, mkdir, …)
     └── ReadOnly                 the mount is read-only
 
@@ -104,6 +105,10 @@ class BadCommand(ImagefsError):
     """Malformed control input; nothing was sent to the engine."""
 
 
+class CredentialsFailed(ImagefsError):
+    """config.json or a credential helper failed: EACCES, as credentials the registry refused."""
+
+
 class NotPermitted(ImagefsError):
     """rm, rmdir, mv, mkdir and the like: the tree never changes that way."""
 
@@ -142,6 +147,7 @@ ERRNO: dict[type[ImagefsError], int] = {
     SpoolError: errno.EIO,  # only when the OSError had no errno: see errno_for
     Closing: errno.EIO,
     BadCommand: errno.EINVAL,
+    CredentialsFailed: errno.EACCES,
     NotPermitted: errno.EPERM,
     ReadOnly: errno.EROFS,
 }
