@@ -16,11 +16,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+import cachetools
+import trio
+
 from ..activity import Activity
 from ..catalog import Catalog
 from ..errors import NotPermitted, ReadOnly
 from ..references import TreePath
 from ..spool.exports import Exports
+
+SEARCH_TTL = 10.0  # seconds a search answer is kept: a lookup, then the read, then a second look
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Context:
     read_only: bool = False
     outcomes: dict[TreePath, str] = field(default_factory=dict)
     activity: Activity = field(default_factory=Activity)  # long operations, for .imagefs/status
+    # .imagefs/search answers by name: their bytes and when they were had, kept briefly
+    searches: cachetools.TTLCache[str, tuple[bytes, int]] = field(
+        default_factory=lambda: cachetools.TTLCache(256, SEARCH_TTL, timer=trio.current_time))
 
 
 class Node(ABC):

@@ -30,8 +30,11 @@ class ControlFile(File):
         return not self.ctx.read_only
 
     def content(self) -> bytes:
+        """Usage, what runs from this file now (the engine's lines, a layer's latest), the last outcome."""
         last = self.ctx.outcomes.get(self.path)
-        return (f"usage: {self.command.usage}\n" + (f"last: {last}\n" if last else "")).encode()
+        running = "".join(f"running: {op.line()}\n" + _indented(op.transcript.text())
+                          for op in self.ctx.activity.from_source(self.path))
+        return (f"usage: {self.command.usage}\n{running}" + (f"last: {last}\n" if last else "")).encode()
 
     async def stat(self) -> Stat:
         return Stat(st.S_IFREG | 0o600, len(self.content()), self.mtime, volatile=True)
@@ -42,12 +45,19 @@ class ControlFile(File):
     async def run(self, data: bytes) -> None:
         if self.ctx.read_only:
             raise ReadOnly("mounted read-only")
+        op = None
         try:
             params = self.command.parse(controls.decode(data))
-            outcome = await self.command.run(self.ctx.catalog.engine, self.target, params)
-        except Exception as exc:
+            if self.command.kind:  # a long operation: in `status`, and its progress in this file's reads
+                op = self.ctx.activity.start(self.command.kind, self.command.subject(self.target, params), self.path)
+            outcome = await self.command.run(self.ctx.catalog.engine, self.target, params, op)
+        except BaseException as exc:  # a cancelled write too: its operation ends
+            if op is not None:
+                self.ctx.activity.finish(op, "failed" if isinstance(exc, Exception) else "aborted")
             self.ctx.outcomes[self.path] = f"error: {getattr(exc, 'message', None) or exc}"
             raise
+        if op is not None:
+            self.ctx.activity.finish(op, "dry-run" if self.ctx.catalog.engine.config.dry_run else "done")
         self.ctx.outcomes[self.path] = outcome
         await self.ctx.catalog.refresh(settle=True)
 
@@ -64,3 +74,7 @@ class ControlHandle(Handle):
         """One write is one command, wherever it lands (`echo` writes at 0, a second echo at its end)."""
         await self.node.run(data)
         return len(data)
+
+
+def _indented(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
