@@ -139,7 +139,8 @@ class Transcript:
         detail = message.get("progressDetail") or {}
         if isinstance(detail, dict) and detail.get("total"):
             line += f" {detail.get('current', 0)}/{detail['total']} bytes"
-        if layer and "progressDetail" in message:  # a layer's status: only its latest is kept
+        # A layer's status ("Already exists" comes without progressDetail): only its latest is kept.
+        if layer and ("progressDetail" in message or status.startswith(_DONE)):
             self.layers[str(layer)] = line
             self._progress(str(layer), status, detail if isinstance(detail, dict) else {})
         else:

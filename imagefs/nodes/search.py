@@ -72,6 +72,8 @@ class SearchDir(Dir):
         return dir_stat((await self.ctx.catalog.snapshot()).newest.get((), 0))
 
     async def lookup(self, name: str) -> Node | None:
+        if name.startswith("."):  # no term: what tools look for (.git, .hidden), answered without a search
+            return None
         if not self.registry and is_registry(name):
             return SearchDir(self.ctx, (*self.path, name), name)
         data, mtime = await searched(self.ctx, self._name(name))
