@@ -13,6 +13,7 @@ import http.server
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import tarfile
@@ -69,6 +70,7 @@ def image_id(engine: Engine, ref: str) -> str:
 
 
 PUSH_REFUSED = r"^write: AccessDenied: POST /v1\.41/images/127\.0\.0\.1:\d+/acme/app/push\?tag=\d: .*"
+PULL_REFUSED = r"^write: AccessDenied: POST /v1\.41/images/create\?fromImage=\S+&tag=1: 500 .*no basic auth credentials"
 PULL_MISSING = r"^write: NoSuchImage: POST /v1\.41/images/create\?fromImage=127\.0\.0\.1%3A\d+%2Facme%2F\w+&tag=\w+: "
 
 
@@ -78,12 +80,13 @@ def test_push_then_pull_with_the_clis_credentials(engine: Engine, auth_registry:
     build(engine, tmp, f"FROM scratch\nLABEL run={time.time()}\nCOPY Dockerfile /x\n", f"{reg}/acme/app:1")
     made = image_id(engine, f"{reg}/acme/app:1")
     secret = install_helper(tmp, monkeypatch, "imagefs-test", reg, auth_registry.user)
-    with mounted(engine, tmp, expect=[PUSH_REFUSED, PULL_MISSING]) as m:
+    with mounted(engine, tmp, expect=[PUSH_REFUSED, PULL_REFUSED, PULL_MISSING]) as m:
         push = m / reg / "acme/app:1/push"
         # No credentials: the registry refuses the push (in the stream), and the file says why.
         result = shell(f"echo > '{push}'")
         assert result.returncode != 0 and "Permission denied" in result.stderr
         assert "no basic auth credentials" in push.read_text()
+        assert write(m / ".imagefs/pull", f"{reg}/acme/app:1") == errno.EACCES  # a 500 on 20.10, never a 401
         login(engine, auth_registry)  # read by the very next write: config.json is read per operation
         assert write(push, "\n") == 0
         assert f"pushed {reg}/acme/app:1: digest sha256:" in push.read_text()
@@ -92,7 +95,8 @@ def test_push_then_pull_with_the_clis_credentials(engine: Engine, auth_registry:
         engine.docker("rmi", f"{reg}/acme/app:1")
         assert made not in engine.image_ids()
         pull = m / ".imagefs/pull"
-        assert write(pull, f"{reg}/acme/app:1\n") == 0
+        arch = engine.api("/version")["Arch"]
+        assert write(pull, f"{reg}/acme/app:1 platform=linux/{arch}\n") == 0
         assert json.loads((m / reg / "acme/app:1/inspect").read_text())["Id"] == made  # in the tree already
         outcome = pull.read_text()
         assert f"pulled {reg}/acme/app:1 ({made})" in outcome and "Digest: sha256:" in outcome
@@ -143,28 +147,57 @@ def big_image(engine: Engine, registry: str) -> Iterator[str]:
 
 def test_a_running_pull_shows_its_progress(engine: Engine, big_image: str, tmp: Path) -> None:
     with mounted(engine, tmp) as m:
-        pull = m / ".imagefs/pull"
-        done: list[int] = []
-        writer = threading.Thread(target=lambda: done.append(write(pull, big_image)))
-        seen: list[str] = []
-        writer.start()
+        pull, status = m / ".imagefs/pull", m / ".imagefs/status"
+        tail = subprocess.Popen(["tail", "-s", "0.1", "-f", str(status)], stdout=subprocess.PIPE, text=True)
         try:
-            while writer.is_alive():
-                text = pull.read_text()
-                if "running:" in text:
-                    seen.append(text)
-                time.sleep(0.01)
+            seen = _reads_during_a_pull(pull, big_image)
+            assert any(re.search(rf"running: \d+ pull {re.escape(big_image)} state=running", t) for t in seen)
+            assert any("Downloading" in text or "Extracting" in text for text in seen), seen[-1]
+            journal = status.read_text()
+            assert f"pull {big_image} state=running layers=0/1" in journal
+            assert f"pull {big_image} state=done layers=1/1 bytes=" in journal
+            assert "running:" not in pull.read_text()
+            # tail -f (which polls a FUSE file's size) prints the journal line by line as it grows.
+            assert [line for line in _lines_until(tail, "state=done") if line.strip()] == journal.splitlines(True)
         finally:
-            writer.join()
-        assert done == [0]
-        assert seen, "no read saw the pull running"
-        assert any("running: " in text and f"pull {big_image} state=running" in text for text in seen)
-        assert any("Downloading" in text or "Extracting" in text for text in seen), seen[-1]
-        journal = (m / ".imagefs/status").read_text()
-        assert f"pull {big_image} state=running layers=0/1" in journal
-        assert f"pull {big_image} state=done layers=1/1 bytes=" in journal
-        assert "running:" not in pull.read_text()
+            tail.kill()
+            tail.wait()
     engine.docker("rmi", big_image)
+
+
+def _reads_during_a_pull(pull: Path, ref: str) -> list[str]:
+    """Pull in a thread; what reads of the control file said while it ran."""
+    done: list[int] = []
+    writer = threading.Thread(target=lambda: done.append(write(pull, ref)))
+    seen: list[str] = []
+    writer.start()
+    try:
+        while writer.is_alive():
+            text = pull.read_text()
+            if "running:" in text:
+                seen.append(text)
+            time.sleep(0.01)
+    finally:
+        writer.join()
+    assert done == [0]
+    assert seen, "no read saw the pull running"
+    return seen
+
+
+def _lines_until(proc: subprocess.Popen[str], words: str, timeout: float = 10) -> list[str]:
+    """A process's lines up to the first holding `words`; killed after `timeout`, which ends the list."""
+    assert proc.stdout is not None
+    deadline = threading.Timer(timeout, proc.kill)
+    deadline.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if words in line:
+                break
+    finally:
+        deadline.cancel()
+    return lines
 
 
 class SearchIndex:
