@@ -9,6 +9,7 @@ distribution has no search and Docker Hub is not reachable here.
 from __future__ import annotations
 
 import errno
+import hashlib
 import http.server
 import io
 import json
@@ -198,6 +199,80 @@ def _lines_until(proc: subprocess.Popen[str], words: str, timeout: float = 10) -
     finally:
         deadline.cancel()
     return lines
+
+
+class StallingRegistry:
+    """A v2 registry on 127.0.0.1 that serves a manifest and a config, then stalls inside the layer's body."""
+
+    LAYER = "sha256:" + "ab" * 32
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                             "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "cd" * 32]}}).encode()
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config),
+                       "digest": config_digest},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1 << 20,
+                        "digest": self.LAYER}]}).encode()
+        stall = self.release
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:
+                self.do_GET(body=False)
+
+            def do_GET(self, body: bool = True) -> None:
+                if self.path.endswith(StallingRegistry.LAYER):
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(1 << 20))
+                    self.end_headers()
+                    self.wfile.write(b"\x1f\x8b" + b"\0" * 1000)  # a start, then silence
+                    self.wfile.flush()
+                    stall.wait(60)
+                    return
+                kind, data = ("application/json", b"{}")
+                if "/manifests/" in self.path:
+                    kind, data = "application/vnd.docker.distribution.manifest.v2+json", manifest
+                elif self.path.endswith(config_digest):
+                    kind, data = "application/octet-stream", config
+                elif self.path != "/v2/":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(data).hexdigest())
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_pull_that_goes_silent_fails_after_the_stream_timeout(engine: Engine, tmp: Path) -> None:
+    registry = StallingRegistry()
+    try:
+        with mounted(engine, tmp, "--stream-timeout", "2") as m:
+            start = time.monotonic()
+            assert write(m / ".imagefs/pull", f"{registry.address}/stalls/here:1") == errno.ETIMEDOUT
+            assert 2 <= time.monotonic() - start < 10
+            assert "did not answer in time" in (m / ".imagefs/pull").read_text()
+            assert f"pull {registry.address}/stalls/here:1 state=failed" in (m / ".imagefs/status").read_text()
+    finally:
+        registry.close()
 
 
 class SearchIndex:
