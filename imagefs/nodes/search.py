@@ -80,7 +80,8 @@ class SearchDir(Dir):
         return DocumentFile((*self.path, name), data, mtime)
 
     async def entries(self) -> list[tuple[str, Node]]:
-        kept = list(self.ctx.searches.items())  # what is kept: listing never searches
+        # What is kept (listing never searches); one that expires meanwhile is left out.
+        kept = [(key, found) for key in list(self.ctx.searches) if (found := self.ctx.searches.get(key))]
         if self.registry:
             prefix = self.registry + "/"
             return [(key.removeprefix(prefix), DocumentFile((*self.path, key.removeprefix(prefix)), data, mtime))
