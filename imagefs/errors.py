@@ -16,6 +16,12 @@
     ├── Closing                  the mount is going away: imagefs ended it, the engine did not fail
     ├── BadCommand               a control write imagefs refuses before sending anything
     ├── CredentialsFailed        the docker CLI's credentials could not be had (config.json, a helper)
+    ├── UploadRefused            an upload imagefs ends itself, so that the engine creates nothing
+    │   ├── BadUpload            what was written is not one whole archive
+    │   ├── Interrupted          its writer was killed or interrupted
+    │   ├── Unseekable           a write that does not follow the one before
+    │   ├── Finished             a write after the upload was committed or aborted
+    │   └── Busy                 the same target is being uploaded already
     ├── NotPermitted             what the tree never allows (rm, mkdir, …)
     └── ReadOnly                 the mount is read-only
 
@@ -109,6 +115,30 @@ class CredentialsFailed(ImagefsError):
     """config.json or a credential helper failed: EACCES, as credentials the registry refused."""
 
 
+class UploadRefused(ImagefsError):
+    """An upload imagefs aborted or refused: the engine got no complete body, so it created nothing."""
+
+
+class BadUpload(UploadRefused):
+    pass
+
+
+class Interrupted(UploadRefused):
+    pass
+
+
+class Unseekable(UploadRefused):
+    pass
+
+
+class Finished(UploadRefused):
+    pass
+
+
+class Busy(UploadRefused):
+    pass
+
+
 class NotPermitted(ImagefsError):
     """rm, rmdir, mv, mkdir and the like: the tree never changes that way."""
 
@@ -148,6 +178,12 @@ ERRNO: dict[type[ImagefsError], int] = {
     Closing: errno.EIO,
     BadCommand: errno.EINVAL,
     CredentialsFailed: errno.EACCES,
+    UploadRefused: errno.EIO,
+    BadUpload: errno.EINVAL,
+    Interrupted: errno.EINTR,
+    Unseekable: errno.ESPIPE,
+    Finished: errno.EBADF,
+    Busy: errno.EBUSY,
     NotPermitted: errno.EPERM,
     ReadOnly: errno.EROFS,
 }

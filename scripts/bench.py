@@ -24,7 +24,11 @@ exit status is non-zero only when a measurement could not be taken.
      re-read against `cat` of the spool file; 16 concurrent readers of a cold
      image (engine exports counted from /events) against one reader; and the
      daemon's peak RSS (VmHWM).
-  4. Unless --skip-pull: an image of --pull-mb MB pushed to a local docker-registry,
+  4. Unless --skip-uploads: loads of that image's save through `.imagefs/load/`
+     against curl streaming the file (`-T`) to /images/load and `docker load -i` (the image
+     removed before each), the daemon's peak RSS over them; a build of a
+     --big-mb context through `.imagefs/build/` against `docker build` (no cache).
+  5. Unless --skip-pull: an image of --pull-mb MB pushed to a local docker-registry,
      pulled through `MOUNT/.imagefs/pull` against `docker pull`, the image removed
      before each pull.
 
@@ -822,7 +826,73 @@ def bench_export(bench: Bench, report: Report) -> None:
                    f"{max(idle_hwm) / 1024:.1f} MiB", goal="≤ 100 MiB", ok=peak <= 100))
 
 
-# --- 4. pull ------------------------------------------------------------------------------------
+# --- 4. uploads ---------------------------------------------------------------------------------
+
+
+def ensure_big(bench: Bench) -> None:
+    if not bench.api.exists(BIG_REF):
+        log(f"building {BIG_REF} ({bench.args.big_mb} MiB of random bytes, offline)")
+        bench.build(BIG_REF, "FROM scratch\nCOPY big.bin /big.bin\n",
+                    {"big.bin": lambda p: write_random(p, bench.args.big_mb)})
+
+
+def bench_uploads(bench: Bench, report: Report) -> None:
+    """load through the mount vs curl and docker load; a build of a large context vs docker build."""
+    mib = bench.args.big_mb
+    report.section(f"4. uploads of a {mib} MiB image")
+    ensure_big(bench)
+    save = bench.work / "big-save.tar"
+    run([*bench.api.curl(f"/images/{quote(BIG_REF, safe='/:@')}/get"), "-o", str(save)], env=bench.env)
+    size = save.stat().st_size
+    sock = ["--unix-socket", bench.api.sock] if bench.api.sock else []
+    # -T streams the file (--data-binary @file reads it whole into memory first: out of memory at 1 GiB).
+    curl = [CURL, "-sS", "--fail", *sock, "-X", "POST", "-H", "Content-Type: application/x-tar", "-H", "Expect:",
+            "-T", str(save), "-o", "/dev/null", bench.api.base_url + API + "/images/load?quiet=1"]
+    loads = {"mount": ["cp", str(save), str(bench.mnt / ".imagefs/load/big.tar")], "curl": curl,
+             "docker": [DOCKER, "load", "-q", "-i", str(save)]}
+    bench.remount()  # the daemon's peak RSS below is that of these uploads alone
+    times: dict[str, list[float]] = {name: [] for name in loads}
+    for r in range(max(1, bench.args.export_rounds)):
+        for name in list(loads)[r % 3:] + list(loads)[: r % 3]:
+            bench.api.untag(BIG_REF, noprune=False)  # each load writes the image anew
+            os.sync()
+            times[name].append(timed(loads[name], env=bench.env))
+            if not bench.api.exists(BIG_REF):
+                raise RuntimeError(f"{name}: the load did not bring back {BIG_REF}")
+    t = {name: Timing(values) for name, values in times.items()}
+    ratio = t["curl"].median / t["mount"].median
+    report.add(Row("load through the mount vs curl -T (a streamed POST)", fmt_rate(t["mount"].median, size),
+                   fmt_rate(t["curl"].median, size), f"{ratio:.2f}× throughput", "≥ 0.9×", ratio >= 0.9,
+                   (t["mount"], t["curl"])))
+    ratio = t["docker"].median / t["mount"].median
+    report.add(Row("load through the mount vs docker load -i", fmt_rate(t["mount"].median, size),
+                   fmt_rate(t["docker"].median, size), f"{ratio:.2f}× throughput", timings=(t["mount"], t["docker"])))
+    peak = bench.peak_rss_kib() / 1024
+    report.add(Row(f"daemon peak RSS (VmHWM) during {mib} MiB loads", f"{peak:.1f} MiB", "—", goal="≤ 100 MiB",
+                   ok=peak <= 100))
+    save.unlink()
+    bench_build(bench, report)
+
+
+def bench_build(bench: Bench, report: Report) -> None:
+    mib = bench.args.big_mb
+    ctx = bench.work / "big-ctx"
+    ctx.mkdir()
+    try:
+        write_random(ctx / "big.bin", mib)
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY big.bin /big.bin\n")
+        builds = {"mount": ["tar", "-cf", str(bench.mnt / ".imagefs/build/bench/ctx:1,nocache"), "-C", str(ctx), "."],
+                  "docker": [DOCKER, "build", "-q", "--no-cache", "-t", "bench/ctx:2", str(ctx)]}
+        bench.created_refs += ["bench/ctx:1", "bench/ctx:2"]
+        t = sample(builds, max(1, bench.args.export_rounds), env=bench.env, warmup=0)
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    ratio = t["docker"].median / t["mount"].median
+    report.add(Row(f"build of a {mib} MiB context: tar into build/ vs docker build", fmt_time(t["mount"].median),
+                   fmt_time(t["docker"].median), f"{ratio:.2f}× throughput", timings=(t["mount"], t["docker"])))
+
+
+# --- 5. pull ------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -865,7 +935,7 @@ def pull_through_mount(bench: Bench, ref: str) -> float:
 
 def bench_pull(bench: Bench, report: Report) -> None:
     mib = bench.args.pull_mb
-    report.section(f"4. pull of a {mib} MiB image from a local registry")
+    report.section(f"5. pull of a {mib} MiB image from a local registry")
     with local_registry(bench) as address:
         ref = f"{address}/bench/pull:1"
         log(f"building and pushing {ref} ({mib} MiB of random bytes)")
@@ -898,6 +968,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--use-host", action="store_true", help="use $DOCKER_HOST instead of a private engine")
     parser.add_argument("--big-mb", type=int, default=512, help="size of the export test image in MiB (default 512)")
     parser.add_argument("--skip-export", action="store_true", help="skip the export.tar measurements")
+    parser.add_argument("--skip-uploads", action="store_true", help="skip the load and build measurements")
     parser.add_argument("--runs", type=int, default=200, help="runs of each fast command (default 200)")
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh mounts / invalidations per cold case")
     parser.add_argument("--export-rounds", type=int, default=3, help="rounds of the export measurements")
@@ -932,6 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
         measurements: list[Callable[[Bench, Report], None]] = [bench_inspect, bench_listing]
         if not args.skip_export:
             measurements.append(bench_export)
+        if not args.skip_uploads:
+            measurements.append(bench_uploads)
         if not args.skip_pull:
             measurements.append(bench_pull)
         for measure in measurements:

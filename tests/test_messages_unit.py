@@ -66,7 +66,7 @@ def test_a_transcript_keeps_one_line_per_layer() -> None:
               {"stream": "Step 1/2 : FROM x"}, {"stream": "\n ---> 123\n"},
               {"aux": {"ID": "sha256:1"}}]:
         t.add(m)
-    assert t.text() == "1: Pulling from team/app\nStep 1/2 : FROM x\n ---> 123\nabc: Pull complete\n"
+    assert t.text() == "1: Pulling from team/app\nabc: Pull complete\nStep 1/2 : FROM x\n ---> 123\n"
     assert t.aux == [{"ID": "sha256:1"}]
 
 

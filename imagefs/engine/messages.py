@@ -11,7 +11,6 @@ bytes in, messages and text out.
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,19 +111,23 @@ class Decoder:
 
 @dataclass
 class Transcript:
-    """What a stream said, as a person reads it: its lines, each layer's latest status, its `aux` results.
+    """What a stream said, as a person reads it: its lines in order, its `aux` results.
 
-    Progress lines (a layer's "Downloading 12MB/40MB") are kept as that layer's one current
-    line, so `cat` during a pull shows one line per layer, as the CLI redraws them on a TTY.
+    A layer's progress ("Downloading 12MB/40MB") is one line, rewritten in its place as it
+    moves, so `cat` during a pull shows one line per layer, as the CLI redraws them on a TTY.
     """
 
-    lines: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_LINES))
-    layers: dict[str, str] = field(default_factory=dict)
+    entries: dict[object, str] = field(default_factory=dict)  # a line's key: its number, or its layer
     states: dict[str, str] = field(default_factory=dict)  # each layer's latest status word
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # each layer's bytes moved, of how many
     aux: list[Any] = field(default_factory=list)
     dropped: int = 0
+    _count: int = 0
     _partial: str = ""  # build output arrives in pieces ("stream" values need not end lines)
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self.entries.values())
 
     def add(self, message: dict[str, Any]) -> None:
         if "aux" in message:
@@ -139,9 +142,10 @@ class Transcript:
         detail = message.get("progressDetail") or {}
         if isinstance(detail, dict) and detail.get("total"):
             line += f" {detail.get('current', 0)}/{detail['total']} bytes"
-        # A layer's status ("Already exists" comes without progressDetail): only its latest is kept.
+        # A layer's status carries progressDetail (even empty), but "Already exists" none; "Pulling from x"
+        # carries the tag as id.
         if layer and ("progressDetail" in message or status.startswith(_DONE)):
-            self.layers[str(layer)] = line
+            self._line(line, ("layer", str(layer)))
             self._progress(str(layer), status, detail if isinstance(detail, dict) else {})
         else:
             self._line(line)
@@ -169,13 +173,16 @@ class Transcript:
         for line in whole:
             self._line(line.rstrip("\r"))
 
-    def _line(self, line: str) -> None:
-        if len(self.lines) == self.lines.maxlen:
+    def _line(self, line: str, key: object = None) -> None:
+        if key is None:
+            key, self._count = self._count, self._count + 1
+        self.entries[key] = line
+        if len(self.entries) > MAX_LINES:
+            del self.entries[next(iter(self.entries))]
             self.dropped += 1
-        self.lines.append(line)
 
     def text(self) -> str:
-        shown = ([f"({self.dropped} earlier lines not kept)"] if self.dropped else []) + list(self.lines)
+        shown = ([f"({self.dropped} earlier lines not kept)"] if self.dropped else []) + self.lines
         if self._partial:
             shown.append(self._partial)
-        return "".join(f"{line}\n" for line in [*shown, *self.layers.values()])
+        return "".join(f"{line}\n" for line in shown)

@@ -39,7 +39,7 @@ class ControlFile(File):
     async def stat(self) -> Stat:
         return Stat(st.S_IFREG | 0o600, len(self.content()), self.mtime, volatile=True)
 
-    async def open(self, flags: int) -> Handle:
+    async def open(self, flags: int, pid: int) -> Handle:
         return ControlHandle(self)
 
     async def run(self, data: bytes) -> None:

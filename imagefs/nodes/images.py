@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from .. import controls, references
 from ..catalog import Image
 from ..references import TreePath
+from ..uploads import kinds
 from .base import Context, Dir, Node, Stat, dir_stat
 from .controls import ControlFile
 from .documents import image_document, version_document
 from .exports import ExportFile
 from .search import SearchDir
 from .status import StatusFile
+from .uploads import UploadDir
 
 RESERVED = ".imagefs"
 IDS = "ids"
+UPLOADS = (kinds.LOAD, kinds.IMPORT, kinds.BUILD)
 
 ImageFile = Callable[[Context, TreePath, Image, str], Awaitable[Node]]
 
@@ -129,6 +132,8 @@ class ReservedDir(Dir):
             return await version_document(self.ctx, path)
         if name == "search":
             return SearchDir(self.ctx, path)
+        if name in UPLOADS and self.ctx.uploads is not None:
+            return UploadDir(self.ctx, path, self.ctx.uploads, name)
         snap = await self.ctx.catalog.snapshot()
         if name in RESERVED_CONTROLS:
             return ControlFile(self.ctx, path, controls.COMMANDS[name], "", None, snap.newest.get((), 0))
@@ -141,7 +146,8 @@ class ReservedDir(Dir):
         return None
 
     async def entries(self) -> list[tuple[str, Node]]:
-        return await _children(self, [IDS, "all.tar", *RESERVED_CONTROLS, "search", "status", "version"])
+        return await _children(self, sorted([IDS, "all.tar", *RESERVED_CONTROLS, "search", "status", "version",
+                                             *UPLOADS]))
 
 
 @dataclass

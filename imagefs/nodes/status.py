@@ -22,7 +22,7 @@ class StatusFile(File):
     async def stat(self) -> Stat:
         return Stat(st.S_IFREG | 0o444, len(self.ctx.activity.text().encode()), self.mtime, volatile=True)
 
-    async def open(self, flags: int) -> Handle:
+    async def open(self, flags: int, pid: int) -> Handle:
         return StatusHandle(self.ctx)
 
 
