@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import tarfile
@@ -262,15 +263,43 @@ class StallingRegistry:
         self.server.server_close()
 
 
+def pulls_cancelled(engine: Engine) -> int:
+    """How many pulls the engine has given up because their request was closed (its log says so)."""
+    return (engine.root / "dockerd.log").read_text(errors="replace").count(
+        "Not continuing with pull after error: context canceled")
+
+
 def test_a_pull_that_goes_silent_fails_after_the_stream_timeout(engine: Engine, tmp: Path) -> None:
     registry = StallingRegistry()
     try:
         with mounted(engine, tmp, "--stream-timeout", "2") as m:
+            cancelled = pulls_cancelled(engine)
             start = time.monotonic()
             assert write(m / ".imagefs/pull", f"{registry.address}/stalls/here:1") == errno.ETIMEDOUT
             assert 2 <= time.monotonic() - start < 10
             assert "did not answer in time" in (m / ".imagefs/pull").read_text()
             assert f"pull {registry.address}/stalls/here:1 state=failed" in (m / ".imagefs/status").read_text()
+            wait_for(lambda: pulls_cancelled(engine) > cancelled, timeout=10)  # the request closed: the pull too
+    finally:
+        registry.close()
+
+
+def test_ctrl_c_cancels_a_pull(engine: Engine, tmp: Path) -> None:
+    registry = StallingRegistry()
+    try:
+        with mounted(engine, tmp) as m:
+            pull = m / ".imagefs/pull"
+            cancelled = pulls_cancelled(engine)
+            writer = subprocess.Popen(["sh", "-c", f"echo {registry.address}/stalls/here:2 > '{pull}'"])
+            try:
+                wait_for(lambda: "running:" in pull.read_text(), timeout=10)
+                writer.send_signal(signal.SIGINT)
+                assert writer.wait(5) == -signal.SIGINT
+            finally:
+                writer.kill()
+            wait_for(lambda: pulls_cancelled(engine) > cancelled, timeout=10)
+            assert "interrupted" in pull.read_text()
+            assert f"pull {registry.address}/stalls/here:2 state=aborted" in (m / ".imagefs/status").read_text()
     finally:
         registry.close()
 

@@ -206,6 +206,7 @@ class Upload:
         self.sent += len(body)
         if self.op is not None:
             self.op.facts["bytes"] = str(self.sent)
+            self.activity.note(self.op)  # the status journal: a line a second at most
 
     async def _watching(self, wait: Callable[[], Awaitable[None]], doing: str) -> None:
         """`wait()`, given up (and the upload aborted) if the writer is asked to stop meanwhile."""
