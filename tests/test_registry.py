@@ -102,6 +102,9 @@ def test_push_then_pull_with_the_clis_credentials(engine: Engine, auth_registry:
         assert json.loads((m / reg / "acme/app:1/inspect").read_text())["Id"] == made  # in the tree already
         outcome = pull.read_text()
         assert f"pulled {reg}/acme/app:1 ({made})" in outcome and "Digest: sha256:" in outcome
+        digest = outcome.split("Digest: ", 1)[1].split()[0]
+        assert write(pull, f"{reg}/acme/app@{digest}") == 0  # by digest, as the engine takes it: tag=sha256:…
+        assert f"pulled {reg}/acme/app@{digest} ({made})" in pull.read_text()
 
         # A reference without a tag is :latest, never every tag; what the registry lacks is ENOENT.
         assert write(pull, f"{reg}/acme/app") == errno.ENOENT
