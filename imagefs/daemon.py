@@ -24,7 +24,7 @@ import trio
 from .activity import Activity
 from .catalog import Catalog, Change
 from .engine import Engine, EngineConfig
-from .errors import ImagefsError
+from .errors import EngineUnreachable, ImagefsError
 from .events import EventFollower
 from .fuse.operations import Operations
 from .nodes.base import Context
@@ -126,7 +126,10 @@ async def _reach(engine: Engine, options: MountOptions) -> dict[str, Any]:
             await engine.negotiate()
             return engine.version_info or await engine.version()
     except (ImagefsError, trio.TooSlowError) as exc:
-        raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
+        # The first call's failure may have lost the reason (a certificate refused): ask once more.
+        refused = await engine.endpoint.diagnose(options.engine.timeout) if isinstance(exc, EngineUnreachable) else None
+        why = refused or exc or "timed out"
+        raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {why}") from exc
 
 
 def _open_store(cache_dir: Path) -> tuple[Store, Sizes]:

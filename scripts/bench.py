@@ -24,7 +24,10 @@ exit status is non-zero only when a measurement could not be taken.
      re-read against `cat` of the spool file; 16 concurrent readers of a cold
      image (engine exports counted from /events) against one reader; and the
      daemon's peak RSS (VmHWM).
-  4. Unless --skip-uploads: loads of that image's save through `.imagefs/load/`
+  4. Unless --skip-export or --skip-ssh: the same image's first export through a mount of
+     `-H ssh://root@127.0.0.1:PORT` (a private sshd, scripts/private_sshd.py, whose key runs
+     `docker system dial-stdio` against the engine) against `docker -H ssh://… save` of it.
+  5. Unless --skip-uploads: loads of that image's save through `.imagefs/load/`
      against curl streaming the file (`-T`) to /images/load and `docker load -i` (the image
      removed before each), the daemon's peak RSS over them; a build of a
      --big-mb context through `.imagefs/build/` against `docker build` (no cache).
@@ -58,6 +61,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
+
+import private_sshd  # scripts/, beside this file
 
 HERE = Path(__file__).resolve().parent
 PRIVATE_ENGINE = HERE / "private_engine.py"
@@ -429,15 +434,15 @@ class Bench:
 
     # mount
 
-    def mount(self, fresh_cache: bool = True) -> float:
+    def mount(self, fresh_cache: bool = True, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> float:
         """Mount with the project's CLI (which returns once the mount is ready); a fresh cache dir by default."""
         if fresh_cache or self.cache_dir is None:
             self.mounts += 1
             self.cache_dir = self.work / f"cache-{self.mounts}"
         cmd = [*self.imagefs, "mount", "--config", str(self.config), "--cache-dir", str(self.cache_dir),
-               str(self.mnt)]
+               *extra, str(self.mnt)]
         start = time.perf_counter()
-        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(cmd, env=env or self.env, capture_output=True, text=True, timeout=120)
         elapsed = time.perf_counter() - start
         if result.returncode != 0:
             logfile = self.cache_dir / "imagefs.log"
@@ -826,7 +831,7 @@ def bench_export(bench: Bench, report: Report) -> None:
                    f"{max(idle_hwm) / 1024:.1f} MiB", goal="≤ 100 MiB", ok=peak <= 100))
 
 
-# --- 4. uploads ---------------------------------------------------------------------------------
+# --- 5. uploads ---------------------------------------------------------------------------------
 
 
 def ensure_big(bench: Bench) -> None:
@@ -839,7 +844,7 @@ def ensure_big(bench: Bench) -> None:
 def bench_uploads(bench: Bench, report: Report) -> None:
     """load through the mount vs curl and docker load; a build of a large context vs docker build."""
     mib = bench.args.big_mb
-    report.section(f"4. uploads of a {mib} MiB image")
+    report.section(f"5. uploads of a {mib} MiB image")
     ensure_big(bench)
     save = bench.work / "big-save.tar"
     run([*bench.api.curl(f"/images/{quote(BIG_REF, safe='/:@')}/get"), "-o", str(save)], env=bench.env)
@@ -890,6 +895,37 @@ def bench_build(bench: Bench, report: Report) -> None:
     ratio = t["docker"].median / t["mount"].median
     report.add(Row(f"build of a {mib} MiB context: tar into build/ vs docker build", fmt_time(t["mount"].median),
                    fmt_time(t["docker"].median), f"{ratio:.2f}× throughput", timings=(t["mount"], t["docker"])))
+# --- 4. export.tar over ssh:// -----------------------------------------------------------------
+
+
+def bench_ssh(bench: Bench, report: Report) -> None:
+    """The first export through an ssh:// mount against `docker -H ssh://… save`, interleaved."""
+    if not bench.api.exists(BIG_REF):
+        raise RuntimeError(f"{BIG_REF} is missing: the export measurement builds it")
+    sshd = private_sshd.start(bench.work / "sshd", bench.api.host)
+    try:
+        env = sshd.env(bench.env)
+        env.pop("DOCKER_HOST", None)
+        report.section(f"4. export.tar over {sshd.address} (one ssh per connection)")
+        export = bench.path(BIG_REF, "export.tar")
+        ours, theirs = Timing([]), Timing([])
+        for r in range(max(1, bench.args.export_rounds)):
+            log(f"ssh round {r + 1}: docker -H {sshd.address} save, then a first export through an ssh:// mount")
+            bench.umount()
+            os.sync()
+            theirs.values.append(timed(["sh", "-c", f'exec {DOCKER} -H {sshd.address} save "$0" >/dev/null',
+                                        BIG_REF], env))
+            bench.mount(extra=("-H", sshd.address), env=env)
+            os.sync()
+            ours.values.append(timed(["cat", str(export)]))
+        size = export.stat().st_size
+        bench.umount()
+        report.add(Row(f"first export over ssh:// vs docker -H ssh:// save (n={len(ours.values)})",
+                       fmt_rate(ours.median, size), fmt_rate(theirs.median, size),
+                       f"{theirs.median / ours.median:.2f}× throughput", "≥ 0.8×", theirs.median / ours.median >= 0.8,
+                       (ours, theirs)))
+    finally:
+        private_sshd.stop(sshd.root)
 
 
 # --- 5. pull ------------------------------------------------------------------------------------
@@ -969,6 +1005,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-mb", type=int, default=512, help="size of the export test image in MiB (default 512)")
     parser.add_argument("--skip-export", action="store_true", help="skip the export.tar measurements")
     parser.add_argument("--skip-uploads", action="store_true", help="skip the load and build measurements")
+    parser.add_argument("--skip-ssh", action="store_true", help="skip the export over ssh:// (needs openssh-server)")
     parser.add_argument("--runs", type=int, default=200, help="runs of each fast command (default 200)")
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh mounts / invalidations per cold case")
     parser.add_argument("--export-rounds", type=int, default=3, help="rounds of the export measurements")
@@ -1003,6 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
         measurements: list[Callable[[Bench, Report], None]] = [bench_inspect, bench_listing]
         if not args.skip_export:
             measurements.append(bench_export)
+            if not args.skip_ssh:
+                measurements.append(bench_ssh)
         if not args.skip_uploads:
             measurements.append(bench_uploads)
         if not args.skip_pull:

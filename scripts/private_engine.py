@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
@@ -76,7 +77,9 @@ def reachable(host: str) -> bool:
         return False
 
 
-def start(root: Path, samples: bool) -> str:
+def start(root: Path, samples: bool, extra: Sequence[str] = ()) -> str:
+    """Start dockerd on DIR's unix socket (plus what `extra` adds to its flags, e.g. a TLS
+    listener); its DOCKER_HOST once it answers there."""
     root.mkdir(parents=True, exist_ok=True)
     sock = root / "docker.sock"
     if _ping(sock):
@@ -93,6 +96,7 @@ def start(root: Path, samples: bool) -> str:
             "--exec-root", str(root / "exec"),
             "--pidfile", str(root / "docker.pid"),
             "--host", docker_host(root),
+            *extra,
         ],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
     )

@@ -114,6 +114,23 @@ class Engine:
         private_engine.terminate(self.root, hard=hard)
 
 
+@dataclass
+class Client(Engine):
+    """The same engine as a client with another environment sees it (the docker CLI and imagefs
+    alike): `extra` sets variables, and removes those it maps to None."""
+
+    extra: dict[str, str | None] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        for name, value in self.extra.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
+
+
 def _new_engine(prefix: str, samples: bool) -> Iterator[Engine]:
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.unit
     ("unauthorized: authentication required", errno.EACCES),
     ("Error processing tar file(exit status 1): archive/tar: invalid tar header", errno.EINVAL),
     ("dockerfile parse error line 2: unknown instruction: BOGUS", errno.EINVAL),
+    ("open /var/lib/docker/tmp/docker-import-1/etc/json: no such file or directory", errno.EINVAL),
+    ("No such container: nope", errno.ENOENT),
     ('Get "https://x/v2/": dial tcp: i/o timeout', errno.ETIMEDOUT),
     ("The command '/bin/sh -c false' returned a non-zero code: 1", errno.EIO),
 ])

@@ -105,11 +105,15 @@ def test_compressed_saves_load(engine: Engine, tmp: Path, compress: str, cleanup
 
 def test_junk_fails_changes_nothing_and_the_mount_serves_on(engine: Engine, tmp: Path) -> None:
     (tmp / "junk").write_bytes(os.urandom(300_000))
+    (tmp / "notasave.tar").write_bytes(rootfs_tar({"etc/hello": b"hi\n"}))  # a whole tar, but no docker save
     before = engine.image_ids()
-    with mounted(engine, tmp, expect=[ABORTED]) as m:
+    with mounted(engine, tmp, expect=[ABORTED, REFUSED]) as m:
         done = sh(f"cp {tmp}/junk {m.path}/.imagefs/load/")
         assert done.returncode == 1 and "Invalid argument" in done.stderr
         assert "no tar header at byte 0" in (m.path / ".imagefs/load/junk").read_text()
+        done = sh(f"cp {tmp}/notasave.tar {m.path}/.imagefs/load/")
+        assert done.returncode == 1 and "Invalid argument" in done.stderr  # the engine's words, in the stream
+        assert "no such file or directory" in (m.path / ".imagefs/load/notasave.tar").read_text()
         assert (m.path / "hello:latest/inspect").read_bytes()
     assert engine.image_ids() == before
 

@@ -35,14 +35,15 @@ def quote_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _mapped(request: str) -> Iterator[None]:
-    """httpx's exceptions become imagefs's: timeouts apart from every other transport failure."""
+def _mapped(request: str, endpoint: Endpoint) -> Iterator[None]:
+    """httpx's exceptions become imagefs's: timeouts apart from every other transport failure, which
+    the endpoint explains where it can (a certificate refused, what ssh said)."""
     try:
         yield
     except httpx.TimeoutException as exc:
         raise EngineTimeout(f"{request}: engine did not answer in time ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
-        raise EngineUnreachable(f"{request}: {type(exc).__name__}: {exc}") from exc
+        raise EngineUnreachable(f"{request}: {endpoint.explain(exc) or f'{type(exc).__name__}: {exc}'}") from exc
 
 
 def _error_message(body: bytes) -> str:
@@ -126,7 +127,7 @@ class Engine:
             return None
         if self.config.debug:
             log.debug("engine request %s", request)  # headers never: they carry credentials
-        with _mapped(request):
+        with _mapped(request, self.endpoint):
             resp = await self.client.request(method, url, params=query, headers=headers, json=json_body)
         if resp.status_code >= 400:
             raise engine_error(resp.status_code, _error_message(resp.content), request)
@@ -143,7 +144,7 @@ class Engine:
             log.debug("engine request %s (stream)", request)
         timeout = httpx.Timeout(self.config.timeout, read=None)
         async with self._new_client(timeout) as client:
-            with _mapped(request):
+            with _mapped(request, self.endpoint):
                 async with client.stream("GET", url, params=query) as resp:
                     if resp.status_code >= 400:
                         raise engine_error(resp.status_code, _error_message(await resp.aread()), request)
@@ -173,12 +174,12 @@ class Engine:
         silence = self.config.stream_timeout
         timeout = httpx.Timeout(self.config.timeout, read=silence, write=silence)
         async with self._new_client(timeout) as client:
-            with _mapped(request):
+            with _mapped(request, self.endpoint):
                 async with client.stream("POST", url, params=query, headers=headers, content=body) as resp:
                     if resp.status_code >= 400:
                         answer = _error_message(await resp.aread())
                         raise messages.refined(engine_error(resp.status_code, answer, request))
-                    yield _messages(resp, request)
+                    yield _messages(resp, request, self.endpoint)
 
     @contextlib.asynccontextmanager
     async def bulk_get(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[bulkget.Body]:
@@ -225,7 +226,7 @@ class Engine:
         async with self.stream("/events", [("filters", json.dumps(filters))]) as resp:
 
             async def decoded() -> AsyncIterator[dict[str, Any]]:
-                with _mapped("GET /events"):
+                with _mapped("GET /events", self.endpoint):
                     async for line in resp.aiter_lines():
                         if line.strip():
                             yield _event(line)
@@ -233,9 +234,9 @@ class Engine:
             yield decoded()
 
 
-async def _messages(resp: httpx.Response, request: str) -> AsyncIterator[dict[str, Any]]:
+async def _messages(resp: httpx.Response, request: str, endpoint: Endpoint) -> AsyncIterator[dict[str, Any]]:
     decoder = messages.Decoder(request)
-    with _mapped(request):
+    with _mapped(request, endpoint):
         async for data in resp.aiter_raw():
             for message in decoder.feed(data):
                 yield _checked(message, request)

@@ -32,10 +32,11 @@ MAX_LINES = 2000  # what a transcript keeps: the last lines, with a count of wha
 # The engine's wording, in order: the first class whose words a message holds is its class.
 _BY_WORDS: tuple[tuple[type[EngineError], tuple[str, ...]], ...] = (
     (NoSuchImage, ("repository does not exist", "not found", "manifest unknown", "does not exist locally",
-                   "tag does not exist", "no such ", "name unknown")),
+                   "tag does not exist", "no such image", "no such container", "name unknown")),
     (AccessDenied, ("no basic auth credentials", "unauthorized", "authentication required", "denied",
                     "forbidden")),
-    (BadParameter, ("error processing tar file", "invalid tar header", "unexpected eof",
+    # A load's archive that is no save: `open …/repositories: no such file or directory`.
+    (BadParameter, ("no such file or directory", "error processing tar file", "invalid tar header", "unexpected eof",
                     "dockerfile parse error", "cannot locate specified dockerfile", "invalid reference format",
                     "is not a valid change command", "unknown instruction")),
 )
