@@ -214,6 +214,22 @@ def auth_registry() -> Iterator[AuthRegistry]:
         yield AuthRegistry(address, user, password)
 
 
+@pytest.fixture
+def docker_config(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty DOCKER_CONFIG for the docker CLI and for the mounts this test makes (they inherit it)."""
+    where = tmp / "docker-config"
+    where.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(where))
+    return where
+
+
+def login(engine: Engine, registry: AuthRegistry, password: str | None = None) -> None:
+    result = subprocess.run(
+        ["docker", "login", "-u", registry.user, "--password-stdin", registry.address],
+        input=password or registry.password, env=engine.env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 def _http_up(address: str, expect: int = 200) -> bool:
     try:
         conn = http.client.HTTPConnection(address, timeout=1)

@@ -27,28 +27,12 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-from conftest import AuthRegistry, Engine, _UnixConnection, mounted, pretty, wait_for
+from conftest import AuthRegistry, Engine, _UnixConnection, login, mounted, pretty, wait_for
 from test_control_files import build, engine_requests, write
 
 
 def shell(command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture
-def docker_config(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty DOCKER_CONFIG for the docker CLI and for the mounts this test makes (they inherit it)."""
-    where = tmp / "docker-config"
-    where.mkdir()
-    monkeypatch.setenv("DOCKER_CONFIG", str(where))
-    return where
-
-
-def login(engine: Engine, registry: AuthRegistry, password: str | None = None) -> None:
-    result = subprocess.run(
-        ["docker", "login", "-u", registry.user, "--password-stdin", registry.address],
-        input=password or registry.password, env=engine.env(), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
 
 
 def install_helper(tmp: Path, monkeypatch: pytest.MonkeyPatch, name: str, server: str, user: str) -> Path:

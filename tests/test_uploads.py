@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AuthRegistry, Engine, mount_imagefs, mounted, unmount, wait_for
-from test_registry import docker_config, login  # noqa: F401  (a fixture, and the CLI's login)
+from conftest import AuthRegistry, Engine, login, mount_imagefs, mounted, unmount, wait_for
 
 ABORTED = r"upload .* aborted after \d+ bytes"  # the daemon's warning for every upload it ends itself
 REFUSED = r"(flush|write): (BadParameter|EngineFailed|NoSuchImage): "  # an engine's refusal, passed on
