@@ -31,6 +31,9 @@ exit status is non-zero only when a measurement could not be taken.
      against curl streaming the file (`-T`) to /images/load and `docker load -i` (the image
      removed before each), the daemon's peak RSS over them; a build of a
      --big-mb context through `.imagefs/build/` against `docker build` (no cache).
+  5. Unless --skip-pull: an image of --pull-mb MB pushed to a local docker-registry,
+     pulled through `MOUNT/.imagefs/pull` against `docker pull`, the image removed
+     before each pull.
   6. Unless --skip-rootfs: rootfs/ against ImageGet, `docker export`, the local disk (bench_rootfs.py).
 
 Only the standard library is used; the engine is reached with http.client,
@@ -926,6 +929,71 @@ def bench_ssh(bench: Bench, report: Report) -> None:
         private_sshd.stop(sshd.root)
 
 
+# --- 5. pull ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def local_registry(bench: Bench) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 with a config of its own (never /etc's); its address."""
+    root = bench.work / "registry"
+    root.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (root / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+                                     f"http:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            with contextlib.suppress(OSError):
+                conn = http.client.HTTPConnection(f"127.0.0.1:{port}", timeout=1)
+                conn.request("GET", "/v2/")
+                return conn.getresponse().status == 200
+            return False
+
+        wait_for("the registry", up, timeout=15)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def pull_through_mount(bench: Bench, ref: str) -> float:
+    """One `echo REF > MOUNT/.imagefs/pull`: the write returns when the image is pulled."""
+    start = time.perf_counter()
+    fd = os.open(bench.mnt / ".imagefs/pull", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, f"{ref}\n".encode())
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def bench_pull(bench: Bench, report: Report) -> None:
+    mib = bench.args.pull_mb
+    report.section(f"5. pull of a {mib} MiB image from a local registry")
+    with local_registry(bench) as address:
+        ref = f"{address}/bench/pull:1"
+        log(f"building and pushing {ref} ({mib} MiB of random bytes)")
+        bench.build(ref, "FROM scratch\nCOPY big.bin /big.bin\n", {"big.bin": lambda p: write_random(p, mib)})
+        run([DOCKER, "push", ref], env=bench.env, timeout=1800)
+        mount, cli = Timing([]), Timing([])
+        pulls: dict[str, Callable[[], float]] = {
+            "mount": lambda: pull_through_mount(bench, ref),
+            "cli": lambda: timed([DOCKER, "pull", "-q", ref], bench.env)}
+        for r in range(bench.args.pull_rounds):
+            for who in (["mount", "cli"] if r % 2 == 0 else ["cli", "mount"]):
+                bench.api.untag(ref, noprune=False)  # the image and its layer go: every pull fetches it all
+                os.sync()
+                (mount if who == "mount" else cli).values.append(pulls[who]())
+                log(f"pull round {r + 1}: {who} {fmt_time((mount if who == 'mount' else cli).values[-1])}")
+    ratio = mount.median / cli.median
+    report.add(Row(f"pull through the mount vs docker pull (n={bench.args.pull_rounds})",
+                   fmt_rate(mount.median, mib * MIB), fmt_rate(cli.median, mib * MIB), f"{ratio:.2f}× time",
+                   "≤ 1.05× time", ratio <= 1.05, (mount, cli)))
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -942,6 +1010,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=200, help="runs of each fast command (default 200)")
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh mounts / invalidations per cold case")
     parser.add_argument("--export-rounds", type=int, default=3, help="rounds of the export measurements")
+    parser.add_argument("--skip-pull", action="store_true", help="skip the pull measurements")
+    parser.add_argument("--pull-mb", type=int, default=256, help="size of the pull test image in MiB (default 256)")
+    parser.add_argument("--pull-rounds", type=int, default=4, help="pulls of each kind (default 4)")
     parser.add_argument("--skip-rootfs", action="store_true", help="skip the rootfs/ measurements")
     parser.add_argument("--rootfs-files", type=int, default=10_000, help="files in the rootfs test image")
     parser.add_argument("--rootfs-mb", type=int, default=200, help="MiB of one more file in the rootfs test image")
@@ -978,6 +1049,8 @@ def main(argv: list[str] | None = None) -> int:
                 measurements.append(bench_ssh)
         if not args.skip_uploads:
             measurements.append(bench_uploads)
+        if not args.skip_pull:
+            measurements.append(bench_pull)
         if not args.skip_rootfs:
             from bench_rootfs import bench_rootfs  # it imports this module's helpers
 

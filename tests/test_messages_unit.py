@@ -70,3 +70,23 @@ def test_a_transcript_keeps_one_line_per_layer() -> None:
         t.add(m)
     assert t.text() == "1: Pulling from team/app\nabc: Pull complete\nStep 1/2 : FROM x\n ---> 123\n"
     assert t.aux == [{"ID": "sha256:1"}]
+
+
+def test_a_transcripts_progress_counts_layers_and_bytes() -> None:
+    t = messages.Transcript()
+    for m in [{"status": "Pulling from team/app", "id": "1"},
+              {"status": "Already exists", "id": "aaa"},  # sent without progressDetail
+              {"status": "Downloading", "progressDetail": {"current": 5, "total": 10}, "id": "bbb"},
+              {"status": "Pushing", "progressDetail": {"current": 30, "total": 20}, "id": "ccc"}]:
+        t.add(m)
+    assert t.facts() == {"layers": "1/3", "bytes": "25/30"}  # a push's current past its total counts as total
+    t.add({"status": "Extracting", "progressDetail": {"current": 1, "total": 10}, "id": "bbb"})
+    t.add({"status": "Pull complete", "progressDetail": {}, "id": "bbb"})
+    assert t.facts() == {"layers": "2/3", "bytes": "30/30"}
+    assert messages.Transcript().facts() == {}
+
+
+def test_an_index_without_search_is_enotsup() -> None:
+    assert errno_for(messages.search_refined(EngineFailed(500, "Unexpected status code 404"))) == errno.ENOTSUP
+    dead = EngineFailed(500, 'invalid registry endpoint "http://127.0.0.1:5999/v1/"')
+    assert messages.search_refined(dead) is dead

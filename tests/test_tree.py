@@ -25,8 +25,9 @@ def test_root_lists_references_and_namespaces(mount: Mount, engine: Engine) -> N
     assert os.listdir(mount / "myorg") == ["app:1.0"]
     assert os.listdir(mount / "localhost:5000/team") == ["app:2"]
     assert sorted(os.listdir(mount / "myorg/app:1.0")) == [
-        "delete", "export.tar", "history", "inspect", "layers", "rootfs", "tag"]
-    assert sorted(os.listdir(mount / ".imagefs")) == ["all.tar", "build", "ids", "import", "load", "prune", "version"]
+        "delete", "export.tar", "history", "inspect", "layers", "push", "rootfs", "tag"]
+    assert sorted(os.listdir(mount / ".imagefs")) == ["all.tar", "build", "build-prune", "commit", "ids", "import",
+                                                      "load", "prune", "pull", "search", "status", "version"]
     # ls shows exactly the engine's tags: every tagged reference once
     listed = {str(p.relative_to(mount.path)) for p in mount.path.rglob("*:*") if p.is_dir() and
               not (p.name.startswith("localhost:") and p.parent == mount.path)}

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Engine, mount_imagefs, mounted, unmount, wait_for
+from conftest import AuthRegistry, Engine, login, mount_imagefs, mounted, unmount, wait_for
 
 ABORTED = r"upload .* aborted after \d+ bytes"  # the daemon's warning for every upload it ends itself
 REFUSED = r"(flush|write): (BadParameter|EngineFailed|NoSuchImage): "  # an engine's refusal, passed on
@@ -353,3 +353,23 @@ def test_a_child_of_the_writer_closing_its_copy_ends_nothing(engine: Engine, tmp
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr + target.read_text()
     assert "acme/forked:1" in engine.tags()
+
+
+def test_a_build_from_a_private_image_sends_the_clis_credentials(engine: Engine, auth_registry: AuthRegistry,
+                                                                tmp: Path, docker_config: Path,
+                                                                cleanup: list[str]) -> None:
+    base = f"{auth_registry.address}/acme/privbase:1"
+    cleanup += [base, "acme/fromprivate:1", "acme/fromprivate:2"]
+    engine.docker("tag", "hello:latest", base)
+    login(engine, auth_registry)
+    engine.docker("push", base)
+    engine.docker("rmi", base)
+    (docker_config / "config.json").write_text("{}")  # logged out: the engine may not pull it
+    (tmp / "ctx.tar").write_bytes(context_tar(f"FROM {base}\nLABEL built=1\n"))
+    with mounted(engine, tmp, expect=[r"flush: AccessDenied: .*no basic auth credentials"]) as m:
+        refused = sh(f"cp {tmp}/ctx.tar {m.path}/.imagefs/build/acme/fromprivate:1,pull")
+        assert refused.returncode == 1 and "Permission denied" in refused.stderr
+        login(engine, auth_registry)  # read by the next upload: X-Registry-Config holds it
+        done = sh(f"cp {tmp}/ctx.tar {m.path}/.imagefs/build/acme/fromprivate:2,pull")
+        assert done.returncode == 0, done.stderr + (m.path / ".imagefs/build/acme/fromprivate:2").read_text()
+    assert "acme/fromprivate:2" in engine.tags() and "acme/fromprivate:1" not in engine.tags()

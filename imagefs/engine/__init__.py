@@ -6,6 +6,7 @@
 - `transport`  httpx over the endpoint's connections (an httpcore network backend)
 - `bulkget`    the export GET: HTTP/1.0 on a socket of its own, spliced or through buffers
 - `client`     Engine: API version, calls, streams, status → error
+- `auth`       registry credentials as the docker CLI finds them → X-Registry-Auth / -Config
 
 The rest of imagefs imports from here.
 """

@@ -117,18 +117,18 @@ class Engine:
         return url, query, f"{method} {url}" + (f"?{query}" if query else "")
 
     async def _call(
-        self, method: str, path: str, params: dict[str, str] | None = None, versioned: bool = True,
-        mutation: bool = False,
+        self, method: str, path: str, params: Params | None = None, versioned: bool = True,
+        mutation: bool = False, headers: Mapping[str, str] | None = None, json_body: Any = None,
     ) -> Any:
         """One request and its JSON answer (None for an empty body, or in dry-run for a mutation)."""
         url, query, request = self._request(method, path, params, versioned)
         if mutation and self.config.dry_run:
-            log.warning("dry-run: would send %s", request)
+            log.warning("dry-run: would send %s%s", request, _shown(headers))
             return None
         if self.config.debug:
-            log.debug("engine request %s", request)
+            log.debug("engine request %s", request)  # headers never: they carry credentials
         with _mapped(request, self.endpoint):
-            resp = await self.client.request(method, url, params=query)
+            resp = await self.client.request(method, url, params=query, headers=headers, json=json_body)
         if resp.status_code >= 400:
             raise engine_error(resp.status_code, _error_message(resp.content), request)
         return _json(resp.content, request) if resp.content.strip() else None
@@ -164,6 +164,11 @@ class Engine:
         commits when its iterator ends and aborts the request when it raises.
         """
         url, query, request = self._request("POST", path, params)
+        if self.config.dry_run:
+            sent = sum([len(part) async for part in body]) if body is not None else 0  # an upload's writer ends
+            log.warning("dry-run: would send %s%s%s", request, _shown(headers), f" ({sent} bytes)" if body else "")
+            yield _nothing()
+            return
         if self.config.debug:
             log.debug("engine request %s (message stream)", request)  # headers never: they carry credentials
         silence = self.config.stream_timeout
@@ -237,6 +242,17 @@ async def _messages(resp: httpx.Response, request: str, endpoint: Endpoint) -> A
                 yield _checked(message, request)
     for message in decoder.end():
         yield _checked(message, request)
+
+
+async def _nothing() -> AsyncIterator[dict[str, Any]]:
+    """The messages of a stream that was not sent (dry-run)."""
+    for message in list[dict[str, Any]]():
+        yield message
+
+
+def _shown(headers: Mapping[str, str] | None) -> str:
+    """Headers as a log names them: never their values, which carry credentials."""
+    return f" (headers {', '.join(f'{name}: <redacted>' for name in headers)})" if headers else ""
 
 
 def _checked(message: dict[str, Any], request: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ..errors import (
     EngineTimeout,
     ImagefsError,
     NoSuchImage,
+    NotSupported,
 )
 
 MAX_LINE = 1 << 20  # one message; a build step's output line is far shorter
@@ -39,6 +40,9 @@ _BY_WORDS: tuple[tuple[type[EngineError], tuple[str, ...]], ...] = (
                     "dockerfile parse error", "cannot locate specified dockerfile", "invalid reference format",
                     "is not a valid change command", "unknown instruction")),
 )
+# A layer's status words in pull and push streams: bytes moving, and the layer finished.
+_MOVING = ("Downloading", "Pushing")
+_DONE = ("Pull complete", "Already exists", "Pushed", "Layer already exists", "Mounted from")
 _TIMEOUT_WORDS = ("i/o timeout", "deadline exceeded", "timeout exceeded")
 
 
@@ -56,6 +60,15 @@ def classed(message: str, request: str = "", status: int = 500) -> ImagefsError:
 def refined(exc: EngineError) -> ImagefsError:
     """An HTTP error of a streaming operation, classed by its message when the status says nothing more."""
     return classed(exc.message, exc.request, exc.status) if type(exc) is EngineFailed else exc
+
+
+def search_refined(exc: EngineError) -> EngineError:
+    """A failed search: an index without the v1 search API (a distribution registry) is NotSupported.
+
+    dockerd answers 500 `Unexpected status code 404` when the index has no `/v1/search`."""
+    if type(exc) is EngineFailed and "unexpected status code 404" in exc.message.lower():
+        return NotSupported(exc.status, exc.message, exc.request)
+    return exc
 
 
 def failure(message: dict[str, Any]) -> str | None:
@@ -106,6 +119,8 @@ class Transcript:
     """
 
     entries: dict[object, str] = field(default_factory=dict)  # a line's key: its number, or its layer
+    states: dict[str, str] = field(default_factory=dict)  # each layer's latest status word
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # each layer's bytes moved, of how many
     aux: list[Any] = field(default_factory=list)
     dropped: int = 0
     _count: int = 0
@@ -128,8 +143,31 @@ class Transcript:
         detail = message.get("progressDetail") or {}
         if isinstance(detail, dict) and detail.get("total"):
             line += f" {detail.get('current', 0)}/{detail['total']} bytes"
-        # A layer's status carries progressDetail (even empty); "Pulling from x" carries the tag as id.
-        self._line(line, ("layer", str(layer)) if layer and "progressDetail" in message else None)
+        # A layer's status carries progressDetail (even empty), but "Already exists" none; "Pulling from x"
+        # carries the tag as id.
+        if layer and ("progressDetail" in message or status.startswith(_DONE)):
+            self._line(line, ("layer", str(layer)))
+            self._progress(str(layer), status, detail if isinstance(detail, dict) else {})
+        else:
+            self._line(line)
+
+    def _progress(self, layer: str, status: str, detail: dict[str, Any]) -> None:
+        self.states[layer] = status
+        if status in _MOVING and detail.get("total"):
+            total = int(detail["total"])  # a push's "current" can pass its "total"
+            self.sizes[layer] = (min(int(detail.get("current") or 0), total), total)
+        elif layer in self.sizes and status not in _MOVING:  # moved on: all of it was moved
+            self.sizes[layer] = (self.sizes[layer][1],) * 2
+
+    def facts(self) -> dict[str, str]:
+        """Progress as `status` shows it: layers done of those named, bytes moved of those known."""
+        if not self.states:
+            return {}
+        done = sum(state.startswith(_DONE) for state in self.states.values())
+        facts = {"layers": f"{done}/{len(self.states)}"}
+        if self.sizes:
+            facts["bytes"] = "/".join(str(sum(size[i] for size in self.sizes.values())) for i in (0, 1))
+        return facts
 
     def _text(self, text: str) -> None:
         *whole, self._partial = (self._partial + text).split("\n")

@@ -16,6 +16,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+import cachetools
+import trio
+
 from ..activity import Activity
 from ..catalog import Catalog
 from ..errors import NotPermitted, ReadOnly
@@ -23,6 +26,8 @@ from ..references import TreePath
 from ..rootfs.indexes import Indexes
 from ..spool.exports import Exports
 from ..uploads.service import Uploads
+
+SEARCH_TTL = 10.0  # seconds a search answer is kept: a lookup, then the read, then a second look
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class Context:
     outcomes: dict[TreePath, str] = field(default_factory=dict)
     activity: Activity = field(default_factory=Activity)  # long operations, for .imagefs/status
     uploads: Uploads | None = None  # None: no load/, import/, build/ (a tree without a nursery for them)
+    # .imagefs/search answers by name: their bytes and when they were had, kept briefly
+    searches: cachetools.TTLCache[str, tuple[bytes, int]] = field(
+        default_factory=lambda: cachetools.TTLCache(256, SEARCH_TTL, timer=trio.current_time))
     rootfs: Indexes = field(init=False)
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ import trio
 from ..activity import Activity, Operation
 from ..catalog import Catalog
 from ..controls import human_size
-from ..engine import Engine
+from ..engine import Engine, auth
 from ..engine.messages import Transcript
 from ..errors import BadUpload, EngineFailed, Finished, ImagefsError, Interrupted, Unseekable
 from . import kinds, signals
@@ -161,7 +161,10 @@ class Upload:
         r = self.request
         try:
             with self._scope:
-                async with self.engine.post_stream(r.path, r.params, r.headers, self._body()) as stream:
+                headers = dict(r.headers)
+                if r.kind == kinds.BUILD:  # a FROM of a private image: every credential, as the CLI sends
+                    headers["X-Registry-Config"] = await auth.registry_config(self.engine.config.timeout)
+                async with self.engine.post_stream(r.path, r.params, headers, self._body()) as stream:
                     async for message in stream:
                         self.transcript.add(message)
         except ImagefsError as exc:
@@ -206,6 +209,7 @@ class Upload:
         self.sent += len(body)
         if self.op is not None:
             self.op.facts["bytes"] = str(self.sent)
+            self.activity.note(self.op)  # the status journal: a line a second at most
 
     async def _watching(self, wait: Callable[[], Awaitable[None]], doing: str) -> None:
         """`wait()`, given up (and the upload aborted) if the writer is asked to stop meanwhile."""
