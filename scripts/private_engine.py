@@ -5,8 +5,16 @@ Shared by the README's main job, the test suite and the benchmark, so that all
 three exercise the same real engine. Everything lives under one short directory
 (unix socket paths are limited to 108 bytes):
 
-    python3 scripts/private_engine.py start DIR [--samples]   # prints DOCKER_HOST
+    python3 scripts/private_engine.py start DIR [--samples] [--flavor F]   # prints DOCKER_HOST
     python3 scripts/private_engine.py stop DIR
+
+Flavors (the engine matrix of the tests; `scripts/setup.sh --test` installs them):
+docker20 is Debian 12's dockerd 20.10 (the default); docker26 is Debian 13's
+dockerd 26 unpacked under $IMAGEFS_DOCKER26 (its own containerd first on PATH);
+docker26c is that dockerd on the containerd image store, Docker 29's default
+(image IDs are manifest digests); podman is Debian 12's podman 4.3 serving the
+Docker API (`podman system service`). Each keeps its storage (vfs, or
+containerd's native snapshotter) under DIR, with no bridge and no iptables rules.
     python3 scripts/private_engine.py ping unix:///var/run/docker.sock   # exit 0 if it answers
 
 Only the standard library is used: it runs before the project's venv exists.
@@ -30,6 +38,11 @@ DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
 # The docker CLI from Debian's docker.io matches the engine; any other on PATH also works.
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else (shutil.which("docker") or "docker")
 BUSYBOX = "/bin/busybox"
+DOCKER26 = Path(os.environ.get("IMAGEFS_DOCKER26", "/var/cache/imagefs-test/docker26"))
+FLAVORS = ("docker20", "docker26", "docker26c", "podman")
+MATRIX = FLAVORS  # what the tests run their engine tests against
+# podman's storage, private to the engine's directory: vfs needs no kernel overlay support.
+PODMAN_STORAGE = '[storage]\ndriver = "vfs"\ngraphroot = "{root}/storage"\nrunroot = "{root}/run"\n'
 
 SAMPLES: dict[str, str] = {
     # reference -> Dockerfile; every build is offline (FROM scratch + COPY)
@@ -76,30 +89,74 @@ def reachable(host: str) -> bool:
         return False
 
 
-def start(root: Path, samples: bool) -> str:
+def flavor_of(root: Path) -> str:
+    """The flavor an engine directory was started with (docker20 for one from before flavors)."""
+    try:
+        return (root / "flavor").read_text().strip()
+    except FileNotFoundError:
+        return "docker20"
+
+
+def missing(flavor: str) -> str | None:
+    """What this machine lacks to run an engine of this flavor, or None."""
+    if flavor == "podman":
+        return None if shutil.which("podman") else "no podman: run scripts/setup.sh --test"
+    if flavor.startswith("docker26"):
+        found = (DOCKER26 / "usr/sbin/dockerd").exists()
+        return None if found else f"no dockerd 26 in {DOCKER26}: run scripts/setup.sh --test"
+    return None if os.path.exists(DOCKERD) else "no dockerd: run scripts/setup.sh --engine"
+
+
+def _command(root: Path, flavor: str) -> tuple[list[str], dict[str, str]]:
+    """The engine's command line and environment."""
+    if flavor == "podman":
+        (root / "storage.conf").write_text(PODMAN_STORAGE.format(root=root))
+        env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf"))
+        return [
+            "podman", "--root", str(root / "storage"), "--runroot", str(root / "run"),
+            "--tmpdir", str(root / "tmp"), "--events-backend", "file", "--cgroup-manager", "cgroupfs",
+            "system", "service", "--time=0", docker_host(root),
+        ], env
+    if missing(flavor):
+        sys.exit(f"{flavor}: {missing(flavor)}")
+    containerd_store = flavor == "docker26c"
+    (root / "daemon.json").write_text('{"features": {"containerd-snapshotter": true}}\n' if containerd_store
+                                      else "{}\n")
+    dockerd, env = DOCKERD, dict(os.environ)
+    if flavor.startswith("docker26"):
+        dockerd = str(DOCKER26 / "usr/sbin/dockerd")
+        # Its containerd 1.7, shims, docker-init and docker-proxy, not Debian 12's.
+        env["PATH"] = f"{DOCKER26 / 'usr/bin'}:{DOCKER26 / 'usr/sbin'}:{env.get('PATH', '/usr/bin:/bin')}"
+    return [
+        dockerd,
+        "--config-file", str(root / "daemon.json"),
+        # containerd's snapshotters have other names: "native" copies like vfs.
+        "--storage-driver", "native" if containerd_store else "vfs",
+        "--iptables=false", "--ip-masq=false", "--bridge=none",
+        "--data-root", str(root / "data"),
+        "--exec-root", str(root / "exec"),
+        "--pidfile", str(root / "docker.pid"),
+        "--host", docker_host(root),
+    ], env
+
+
+def start(root: Path, samples: bool, flavor: str | None = None) -> str:
     root.mkdir(parents=True, exist_ok=True)
     sock = root / "docker.sock"
     if _ping(sock):
         return docker_host(root)
-    (root / "daemon.json").write_text("{}\n")
-    log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [
-            DOCKERD,
-            "--config-file", str(root / "daemon.json"),
-            "--storage-driver", "vfs",
-            "--iptables=false", "--ip-masq=false", "--bridge=none",
-            "--data-root", str(root / "data"),
-            "--exec-root", str(root / "exec"),
-            "--pidfile", str(root / "docker.pid"),
-            "--host", docker_host(root),
-        ],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+    flavor = flavor or flavor_of(root)
+    (root / "flavor").write_text(flavor + "\n")
+    command, env = _command(root, flavor)
+    log = open(root / "engine.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    if flavor == "podman":  # dockerd writes its own
+        (root / "docker.pid").write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 60
     while not _ping(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"dockerd did not start; see {root / 'dockerd.log'}")
+            sys.exit(f"{flavor} did not start; see {root / 'engine.log'}")
         time.sleep(0.1)
     if samples:
         build_samples(root)
@@ -133,7 +190,7 @@ def gone(pid: int) -> bool:
 
 
 def terminate(root: Path, seconds: float = 20, hard: bool = False) -> None:
-    """SIGTERM dockerd (SIGKILL when `hard` or after `seconds`); return once it and its containerd exited."""
+    """SIGTERM the engine (SIGKILL when `hard` or after `seconds`); return once it and its containerd exited."""
     for pidfile in (root / "docker.pid", root / "exec/containerd/containerd.pid"):
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
             pid = int(pidfile.read_text().strip())
@@ -161,12 +218,13 @@ def main() -> None:
     parser.add_argument("action", choices=["start", "stop", "samples", "ping"])
     parser.add_argument("root", help="the engine's directory (for ping: a DOCKER_HOST address)")
     parser.add_argument("--samples", action="store_true", help="build the sample images after start")
+    parser.add_argument("--flavor", choices=FLAVORS, help="which engine to start (default docker20)")
     args = parser.parse_args()
     if args.action == "ping":
         sys.exit(0 if reachable(args.root) else 1)
     root = Path(args.root).absolute()
     if args.action == "start":
-        print(start(root, args.samples))
+        print(start(root, args.samples, args.flavor))
     elif args.action == "samples":
         build_samples(root)
     else:
