@@ -56,6 +56,7 @@ class Engine:
     """A private dockerd, driven through its CLI and its raw API (never through imagefs)."""
 
     root: Path
+    flavor: str = "docker20"  # which engine of private_engine.FLAVORS
 
     @property
     def host(self) -> str:
@@ -72,10 +73,10 @@ class Engine:
         return subprocess.run([private_engine.DOCKER, *args], env=self.env(), check=check,
                               capture_output=True, text=True, timeout=120)
 
-    def raw(self, method: str, path: str, timeout: float = 60) -> tuple[int, bytes]:
+    def raw(self, method: str, path: str, timeout: float = 60, api: str = "/v1.41") -> tuple[int, bytes]:
         conn = _UnixConnection(self.sock, timeout)
         try:
-            conn.request(method, "/v1.41" + path)
+            conn.request(method, api + path)
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
@@ -85,6 +86,11 @@ class Engine:
         status, body = self.raw("GET", path)
         assert status == 200, (path, status, body)
         return json.loads(body)
+
+    def sample(self, name: str) -> str:
+        """A sample image's reference as this engine spells it (podman: `docker.io/library/hello:latest`)."""
+        (ref,) = [t for t in self.tags() if t == name or t.endswith("/" + name)]
+        return ref
 
     def tags(self) -> set[str]:
         return {t for image in self.api("/images/json") for t in image.get("RepoTags") or () if t != "<none>:<none>"}
@@ -124,6 +130,25 @@ def _new_engine(prefix: str, samples: bool) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
     yield from _new_engine("ifs-e-", samples=True)
+
+
+@pytest.fixture(scope="session", params=private_engine.MATRIX)
+def matrix_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """Each engine of the matrix in turn, with the sample images: dockerd 20.10 (the `engine`
+    fixture itself), dockerd 26, dockerd 26 on the containerd image store, podman."""
+    flavor = request.param
+    if flavor == "docker20":
+        yield request.getfixturevalue("engine")
+        return
+    missing = private_engine.missing(flavor)
+    if missing:
+        pytest.skip(f"{flavor}: {missing}")
+    root = Path(tempfile.mkdtemp(prefix=f"ifs-{flavor}-", dir="/tmp"))
+    try:
+        private_engine.start(root, samples=True, flavor=flavor)
+        yield Engine(root, flavor)
+    finally:
+        private_engine.stop(root)
 
 
 @pytest.fixture(scope="session")
@@ -358,7 +383,7 @@ def mount(engine: Engine, tmp: Path, request: pytest.FixtureRequest) -> Iterator
 
 # --- tiers ----------------------------------------------------------------------------------------
 
-ENGINE_FIXTURES = {"engine", "second_engine", "registry", "mount"}
+ENGINE_FIXTURES = {"engine", "second_engine", "matrix_engine", "registry", "mount"}
 
 
 def _fuse_missing() -> str | None:

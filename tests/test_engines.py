@@ -1,0 +1,109 @@
+"""The engine matrix: the same checks against every engine of `matrix_engine` (dockerd 20.10,
+dockerd 26 on graph drivers and on the containerd image store, podman's Docker API service).
+
+Nothing here knows which engine answers: what to expect comes from the engine's own API, so an
+engine that spells references (`docker.io/library/hello:latest`) or saves (OCI layouts) its own
+way is held to its own answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import Engine, Mount, mounted, pretty, settled, wait_for
+
+SAMPLES = ("hello:latest", "busybox:latest")
+
+
+@pytest.fixture
+def matrix_mount(matrix_engine: Engine, tmp: Path) -> Iterator[Mount]:
+    # No TTL refresh within a test: what changes while it runs shows through events or control writes.
+    with mounted(matrix_engine, tmp, "--debug", "--list-ttl", "600") as m:
+        yield m
+
+
+def api_path(m: Mount) -> str:
+    """The API version this mount speaks (negotiated with the engine)."""
+    return str(json.loads((m / ".imagefs/version").read_bytes())["ImagefsApiPath"])
+
+
+def namespaces(tags: set[str]) -> dict[str, set[str]]:
+    """Each directory of the tree (by its path, "" for the root) and the names listed in it."""
+    listed: dict[str, set[str]] = {}
+    for tag in tags:
+        parts = tag.split("/")
+        for depth in range(len(parts)):
+            listed.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+    return listed
+
+
+def test_tree_lists_every_reference_and_namespace(matrix_engine: Engine, matrix_mount: Mount) -> None:
+    tags = matrix_engine.tags()
+    assert len(tags) >= 4
+    for directory, names in namespaces(tags).items():
+        assert set(os.listdir(matrix_mount.path / directory)) - {"inspect", "history", "export.tar",
+                                                                 "tag", "delete"} == names, directory
+    for tag in tags:
+        assert sorted(os.listdir(matrix_mount / tag)) == ["delete", "export.tar", "history", "inspect", "tag"]
+
+
+def test_inspect_and_history_are_the_engines_answers(matrix_engine: Engine, matrix_mount: Mount) -> None:
+    api = api_path(matrix_mount)
+    for tag in matrix_engine.tags():
+        for doc, endpoint in (("inspect", "json"), ("history", "history")):
+            status, body = matrix_engine.raw("GET", f"/images/{quote(tag, safe='/:@')}/{endpoint}", api=api)
+            assert status == 200
+            assert (matrix_mount / tag / doc).read_bytes() == pretty(json.loads(body)), (tag, doc)
+    for image_id in matrix_engine.image_ids():
+        hexid = image_id.removeprefix("sha256:")
+        engine_doc = matrix_engine.api(f"/images/{hexid}/json")
+        assert (matrix_mount / ".imagefs/ids" / hexid / "inspect").read_bytes() == pretty(engine_doc)
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_export_is_the_engines_save(matrix_engine: Engine, matrix_mount: Mount, sample: str) -> None:
+    ref = matrix_engine.sample(sample)
+    # dockerd 26 dates a directory of its OCI layout at the second of the save: one of the two
+    # saves made around imagefs's is in the same second as it.
+    before = matrix_engine.save(ref)
+    exported = (matrix_mount / ref / "export.tar").read_bytes()
+    after = matrix_engine.save(ref)
+    assert exported in (before, after), (len(exported), len(before), len(after))
+    assert os.stat(matrix_mount / ref / "export.tar").st_size == len(exported)
+
+
+def test_tag_and_delete_through_control_files(matrix_engine: Engine, matrix_mount: Mount) -> None:
+    ref = matrix_engine.sample("hello:latest")
+    before = matrix_engine.tags()
+    (matrix_mount / ref / "tag").write_text("matrix/ctl:1\n")
+    try:
+        (new,) = matrix_engine.tags() - before  # as the engine spells it (podman: docker.io/matrix/ctl:1)
+        assert new.endswith("matrix/ctl:1")
+        assert (matrix_mount / new / "inspect").read_bytes() == (matrix_mount / ref / "inspect").read_bytes()
+        (matrix_mount / new / "delete").write_text("\n")
+        assert matrix_engine.tags() == before
+        assert not (matrix_mount / new).exists()
+        assert (matrix_mount / ref).is_dir()
+    finally:
+        for tag in matrix_engine.tags() - before:
+            matrix_engine.docker("rmi", tag, check=False)
+
+
+def test_changes_by_others_show_through_events(matrix_engine: Engine, matrix_mount: Mount) -> None:
+    settled(matrix_mount)
+    ref = matrix_engine.sample("hello:latest")
+    before = matrix_engine.tags()
+    matrix_engine.docker("tag", ref, "matrix/evt:1")
+    try:
+        (new,) = matrix_engine.tags() - before
+        assert wait_for(lambda: (matrix_mount / new).is_dir(), timeout=1) < 1
+        matrix_engine.docker("rmi", new)
+        assert wait_for(lambda: not (matrix_mount / new).exists(), timeout=1) < 1
+    finally:
+        for tag in matrix_engine.tags() - before:
+            matrix_engine.docker("rmi", tag, check=False)
