@@ -37,3 +37,9 @@ def test_the_flavor_comes_from_version_and_info(version: dict, info: dict, flavo
 ])
 def test_references_compare_in_full(ref: str, full: str) -> None:
     assert normalized(ref) == full
+
+
+def test_a_new_tag_is_reported_where_the_engine_lists_it() -> None:
+    assert DOCKER.spelled("me/x:1") == DOCKER_CONTAINERD.spelled("me/x:1") == "me/x:1"
+    assert PODMAN.spelled("me/x:1") == "docker.io/me/x:1"
+    assert PODMAN.spelled("localhost/x:1") == "localhost/x:1"

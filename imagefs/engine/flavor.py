@@ -16,7 +16,8 @@ drivers, and on the containerd image store, Docker 29's default) and podman 4.3.
   `sha256:` (only logged; `references.short_id` reads either).
 - **References.** podman lists RepoTags fully qualified (`docker.io/library/x:1`, `localhost/x:1`)
   and stores a tag written through the API as `x:1` under `docker.io/library/x:1`. The tree
-  shows references as the engine spells them (SPEC §1): nothing here renames them.
+  shows references as the engine spells them (SPEC §1): nothing renames them, but the tag
+  control file says where the new one is (`Flavor.spelled`).
 - **API versions.** dockerd 20.10 speaks 1.12–1.41, dockerd 26 1.24–1.45, podman's service
   1.24–1.41, Docker 29.0–29.2 refuses versions below 1.44: `Engine.negotiate` picks 1.41 where
   the range holds it, the nearest end otherwise, whatever the engine.
@@ -41,6 +42,11 @@ class Flavor:
     name: str
     unchanging: frozenset[str]  # event actions after which the image list is the same
     ids_are_manifests: bool = False  # containerd image store: an ID is a manifest's digest
+    qualifies: bool = False  # stores and lists a tag written `x:1` as `docker.io/library/x:1`
+
+    def spelled(self, reference: str) -> str:
+        """A reference just tagged, as this engine will list it (and the tree show it)."""
+        return normalized(reference) if self.qualifies else reference
 
     def saved(self, members: Mapping[str, bytes]) -> dict[str, set[str]]:
         """The images a save holds, by 64-hex ID, with the references each is saved under
@@ -53,7 +59,7 @@ class Flavor:
 # (A push does change something: the image gains a repository digest.)
 DOCKER = Flavor("docker", frozenset({"save"}))
 DOCKER_CONTAINERD = Flavor("docker (containerd image store)", frozenset({"save"}), ids_are_manifests=True)
-PODMAN = Flavor("podman", frozenset({"save", "mount", "unmount"}))
+PODMAN = Flavor("podman", frozenset({"save", "mount", "unmount"}), qualifies=True)
 
 
 def identify(version: Mapping[str, Any], info: Mapping[str, Any]) -> Flavor:
