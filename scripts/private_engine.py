@@ -111,7 +111,9 @@ def _command(root: Path, flavor: str) -> tuple[list[str], dict[str, str]]:
     """The engine's command line and environment."""
     if flavor == "podman":
         (root / "storage.conf").write_text(PODMAN_STORAGE.format(root=root))
-        env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf"))
+        (root / "tmp").mkdir(exist_ok=True)
+        # TMPDIR: podman writes each save and load to a file there before it streams it.
+        env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf"), TMPDIR=str(root / "tmp"))
         return [
             "podman", "--root", str(root / "storage"), "--runroot", str(root / "run"),
             "--tmpdir", str(root / "tmp"), "--events-backend", "file", "--cgroup-manager", "cgroupfs",

@@ -10,10 +10,11 @@ drivers, and on the containerd image store, Docker 29's default) and podman 4.3.
   containerd image store the ID is the digest of the image's manifest (or index): manifest.json
   names a config that is not the ID, and only index.json names the ID (`Flavor.saved`).
 - **Events.** Actions that change no image, tag or digest need no new list: dockerd's `save`;
-  podman's `save`, and `mount`/`unmount` of an image (`Flavor.unchanging`). Other names differ
-  too (podman `remove`, `loadfromarchive` for dockerd's `delete`, `load`) but need nothing: any
-  other action lists the images again. podman names images in events by bare hex, without
-  `sha256:` (only logged; `references.short_id` reads either).
+  podman's `save`, and `mount`/`unmount` (`podman image mount`) (`Flavor.unchanging`). Other
+  names differ but need nothing, as any other action lists the images again: podman says
+  `loadfromarchive` for `load`, sends `build` events, names no image in either (`id` null), and
+  names images in the others by bare hex, without `sha256:` (only logged). Its `delete` follows
+  every `untag`, also when the image stays.
 - **References.** podman lists RepoTags fully qualified (`docker.io/library/x:1`, `localhost/x:1`)
   and stores a tag written through the API as `x:1` under `docker.io/library/x:1`. The tree
   shows references as the engine spells them (SPEC §1): nothing renames them, but the tag
