@@ -11,10 +11,11 @@ three exercise the same real engine. Everything lives under one short directory
 Flavors (the engine matrix of the tests; `scripts/setup.sh --test` installs them):
 docker20 is Debian 12's dockerd 20.10 (the default); docker26 is Debian 13's
 dockerd 26 unpacked under $IMAGEFS_DOCKER26 (its own containerd first on PATH);
-docker26c is that dockerd on the containerd image store, Docker 29's default
-(image IDs are manifest digests); podman is Debian 12's podman 4.3 serving the
-Docker API (`podman system service`). Each keeps its storage (vfs, or
-containerd's native snapshotter) under DIR, with no bridge and no iptables rules.
+docker26c is that dockerd set up as Docker 29.0 ships: on the containerd image
+store (image IDs are manifest digests) and refusing API versions below 1.44;
+podman is Debian 12's podman 4.3 serving the Docker API (`podman system
+service`). Each keeps its storage (vfs, or containerd's native snapshotter)
+under DIR, with no bridge and no iptables rules.
     python3 scripts/private_engine.py ping unix:///var/run/docker.sock   # exit 0 if it answers
 
 Only the standard library is used: it runs before the project's venv exists.
@@ -97,12 +98,17 @@ def flavor_of(root: Path) -> str:
         return "docker20"
 
 
+def docker_cli(flavor: str) -> str:
+    """A docker CLI that speaks to that engine: Debian 12's (API 1.41) is too old for a floor of 1.44."""
+    return str(DOCKER26 / "usr/bin/docker") if flavor.startswith("docker26") else DOCKER
+
+
 def missing(flavor: str) -> str | None:
     """What this machine lacks to run an engine of this flavor, or None."""
     if flavor == "podman":
         return None if shutil.which("podman") else "no podman: run scripts/setup.sh --test"
     if flavor.startswith("docker26"):
-        found = (DOCKER26 / "usr/sbin/dockerd").exists()
+        found = (DOCKER26 / "usr/sbin/dockerd").exists() and (DOCKER26 / "usr/bin/docker").exists()
         return None if found else f"no dockerd 26 in {DOCKER26}: run scripts/setup.sh --test"
     return None if os.path.exists(DOCKERD) else "no dockerd: run scripts/setup.sh --engine"
 
@@ -129,6 +135,8 @@ def _command(root: Path, flavor: str) -> tuple[list[str], dict[str, str]]:
         dockerd = str(DOCKER26 / "usr/sbin/dockerd")
         # Its containerd 1.7, shims, docker-init and docker-proxy, not Debian 12's.
         env["PATH"] = f"{DOCKER26 / 'usr/bin'}:{DOCKER26 / 'usr/sbin'}:{env.get('PATH', '/usr/bin:/bin')}"
+    if containerd_store:
+        env["DOCKER_MIN_API_VERSION"] = "1.44"  # Docker 29.0-29.2's floor (dockerd 26 can only raise it)
     return [
         dockerd,
         "--config-file", str(root / "daemon.json"),
@@ -166,7 +174,7 @@ def start(root: Path, samples: bool, flavor: str | None = None) -> str:
 
 
 def build_samples(root: Path) -> None:
-    env = _engine_env(root)
+    env, docker = _engine_env(root), docker_cli(flavor_of(root))
     with tempfile.TemporaryDirectory(prefix="imagefs-ctx-") as ctx:
         Path(ctx, "hello.txt").write_text("hello from imagefs\n")
         Path(ctx, "data.bin").write_bytes(os.urandom(256 * 1024))
@@ -174,7 +182,7 @@ def build_samples(root: Path) -> None:
         for ref, dockerfile in SAMPLES.items():
             Path(ctx, "Dockerfile").write_text(dockerfile)
             subprocess.run(
-                [DOCKER, "build", "-q", "-t", ref, ctx],
+                [docker, "build", "-q", "-t", ref, ctx],
                 env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Debian 13's dockerd 26 (docker.io + containerd), unpacked privately for the engine-matrix tests (as root).
+# Debian 13's dockerd 26 (docker.io, containerd, docker-cli), unpacked privately for the engine-matrix tests (as root).
 #   bash scripts/setup-docker26.sh     # idempotent: does nothing once $IMAGEFS_DOCKER26/usr/sbin/dockerd exists
 # Debian 12 has no newer dockerd than 20.10; Debian 13's runs on it with its own usr/bin (containerd 1.7)
 # first on PATH. The packages come through apt from a sources list of its own that names this machine's
 # Debian mirror with suite trixie: the system's sources, lists and installed packages are left alone.
 set -euo pipefail
 dest=${IMAGEFS_DOCKER26:-/var/cache/imagefs-test/docker26}
-[[ -x $dest/usr/sbin/dockerd ]] && exit 0
+[[ -x $dest/usr/sbin/dockerd && -x $dest/usr/bin/docker ]] && exit 0
 
 # The main archive of this machine's own sources (deb822 or one-line), not its security archive.
 . /etc/os-release
@@ -19,7 +19,7 @@ if [[ -z $mirror ]]; then
 fi
 [[ -n $mirror ]] || { echo "setup-docker26: no Debian mirror for $VERSION_CODENAME in /etc/apt" >&2; exit 1; }
 
-echo "setup: fetching Debian 13's docker.io and containerd into $dest"
+echo "setup: fetching Debian 13's docker.io, containerd and docker-cli into $dest"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs"
@@ -27,7 +27,7 @@ echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror tri
 apt=(apt-get -qq -o "Dir::Etc::sourcelist=$work/sources.list" -o Dir::Etc::sourceparts=-
      -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o APT::Sandbox::User=root)
 "${apt[@]}" update
-(cd "$work/debs" && "${apt[@]}" download docker.io containerd)
+(cd "$work/debs" && "${apt[@]}" download docker.io containerd docker-cli)
 mkdir -p "$(dirname "$dest")"
 rm -rf "$dest.part"
 for deb in "$work"/debs/*.deb; do

@@ -57,6 +57,7 @@ class Engine:
 
     root: Path
     flavor: str = "docker20"  # which engine of private_engine.FLAVORS
+    api_path: str = "/v1.41"  # the API version `raw` speaks (the version imagefs picks with this engine)
 
     @property
     def host(self) -> str:
@@ -70,13 +71,13 @@ class Engine:
         return dict(os.environ, DOCKER_HOST=self.host, DOCKER_BUILDKIT="0")
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([private_engine.DOCKER, *args], env=self.env(), check=check,
+        return subprocess.run([private_engine.docker_cli(self.flavor), *args], env=self.env(), check=check,
                               capture_output=True, text=True, timeout=120)
 
-    def raw(self, method: str, path: str, timeout: float = 60, api: str = "/v1.41") -> tuple[int, bytes]:
+    def raw(self, method: str, path: str, timeout: float = 60, api: str | None = None) -> tuple[int, bytes]:
         conn = _UnixConnection(self.sock, timeout)
         try:
-            conn.request(method, api + path)
+            conn.request(method, (self.api_path if api is None else api) + path)
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
@@ -135,7 +136,8 @@ def engine() -> Iterator[Engine]:
 @pytest.fixture(scope="session", params=private_engine.MATRIX)
 def matrix_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """Each engine of the matrix in turn, with the sample images: dockerd 20.10 (the `engine`
-    fixture itself), dockerd 26, dockerd 26 on the containerd image store, podman."""
+    fixture itself), dockerd 26, dockerd 26 as Docker 29.0 (containerd image store, API 1.44 at
+    least), podman."""
     flavor = request.param
     if flavor == "docker20":
         yield request.getfixturevalue("engine")
@@ -146,7 +148,8 @@ def matrix_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     root = Path(tempfile.mkdtemp(prefix=f"ifs-{flavor}-", dir="/tmp"))
     try:
         private_engine.start(root, samples=True, flavor=flavor)
-        yield Engine(root, flavor)
+        floor = json.loads(Engine(root, flavor).raw("GET", "/version", api="")[1])["MinAPIVersion"]
+        yield Engine(root, flavor, api_path=f"/v{max(floor, '1.41', key=lambda v: tuple(map(int, v.split('.'))))}")
     finally:
         private_engine.stop(root)
 
@@ -266,7 +269,7 @@ def settled(m: Mount) -> None:
     From then on it asks the engine nothing of its own accord until an event comes, so a test can
     count the requests that what it does causes.
     """
-    catching_up = re.compile(r"following engine events\n(?:.*\n)*?.* engine request GET /v1\.41/images/json")
+    catching_up = re.compile(r"following engine events\n(?:.*\n)*?.* engine request GET /v1\.\d+/images/json")
     wait_for(lambda: catching_up.search(m.log_text()) is not None, timeout=10)
 
 
