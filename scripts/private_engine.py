@@ -103,6 +103,21 @@ def docker_cli(flavor: str) -> str:
     return str(DOCKER26 / "usr/bin/docker") if flavor.startswith("docker26") else DOCKER
 
 
+def own_cli(root: Path) -> tuple[list[str], dict[str, str]]:
+    """The command line of the engine's own CLI (`docker`, or `podman` on the service's storage
+    directly, as a podman user tags), and its environment."""
+    flavor = flavor_of(root)
+    if flavor != "podman":
+        return [docker_cli(flavor)], _engine_env(root)
+    (root / "tmp").mkdir(exist_ok=True)
+    # TMPDIR: podman writes each save and load to a file there before it streams it.
+    env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf"), TMPDIR=str(root / "tmp"))
+    return [
+        "podman", "--root", str(root / "storage"), "--runroot", str(root / "run"), "--tmpdir", str(root / "tmp"),
+        "--events-backend", "file", "--cgroup-manager", "cgroupfs",
+    ], env
+
+
 def missing(flavor: str) -> str | None:
     """What this machine lacks to run an engine of this flavor, or None."""
     if flavor == "podman":
@@ -117,14 +132,8 @@ def _command(root: Path, flavor: str) -> tuple[list[str], dict[str, str]]:
     """The engine's command line and environment."""
     if flavor == "podman":
         (root / "storage.conf").write_text(PODMAN_STORAGE.format(root=root))
-        (root / "tmp").mkdir(exist_ok=True)
-        # TMPDIR: podman writes each save and load to a file there before it streams it.
-        env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf"), TMPDIR=str(root / "tmp"))
-        return [
-            "podman", "--root", str(root / "storage"), "--runroot", str(root / "run"),
-            "--tmpdir", str(root / "tmp"), "--events-backend", "file", "--cgroup-manager", "cgroupfs",
-            "system", "service", "--time=0", docker_host(root),
-        ], env
+        podman, env = own_cli(root)
+        return [*podman, "system", "service", "--time=0", docker_host(root)], env
     if missing(flavor):
         sys.exit(f"{flavor}: {missing(flavor)}")
     containerd_store = flavor == "docker26c"

@@ -74,6 +74,11 @@ class Engine:
         return subprocess.run([private_engine.docker_cli(self.flavor), *args], env=self.env(), check=check,
                               capture_output=True, text=True, timeout=120)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The engine's own CLI, as its users drive it: docker, or podman (which spells `x:1` `localhost/x:1`)."""
+        command, env = private_engine.own_cli(self.root)
+        return subprocess.run([*command, *args], env=env, check=True, capture_output=True, text=True, timeout=120)
+
     def raw(self, method: str, path: str, timeout: float = 60, api: str | None = None) -> tuple[int, bytes]:
         conn = _UnixConnection(self.sock, timeout)
         try:

@@ -141,11 +141,11 @@ def test_changes_by_others_show_through_events(matrix_engine: Engine, matrix_mou
     settled(matrix_mount)
     ref = matrix_engine.sample("hello:latest")
     before = matrix_engine.tags()
-    matrix_engine.docker("tag", ref, "matrix/evt:1")
+    matrix_engine.cli("tag", ref, "matrix/evt:1")  # `podman tag`: no API call, an event all the same
     try:
-        (new,) = matrix_engine.tags() - before
+        (new,) = matrix_engine.tags() - before  # podman: localhost/matrix/evt:1
         assert wait_for(lambda: (matrix_mount / new).is_dir(), timeout=1) < 1
-        matrix_engine.docker("rmi", new)
+        matrix_engine.cli("rmi", new)
         assert wait_for(lambda: not (matrix_mount / new).exists(), timeout=1) < 1
     finally:
         for tag in matrix_engine.tags() - before:
