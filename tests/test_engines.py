@@ -73,17 +73,21 @@ def saved(engine: Engine, path: str) -> bytes:
     return body
 
 
-@pytest.mark.parametrize("sample", SAMPLES)
-def test_export_is_the_engines_save(matrix_engine: Engine, matrix_mount: Mount, sample: str) -> None:
-    ref = matrix_engine.sample(sample)
-    path = f"/images/{quote(ref, safe='/:@')}/get"
+@pytest.mark.parametrize(("sample", "by_id"), [(sample, False) for sample in SAMPLES] + [("hello:latest", True)])
+def test_export_is_the_engines_save(matrix_engine: Engine, matrix_mount: Mount, sample: str, by_id: bool) -> None:
+    name = matrix_engine.sample(sample)
+    file = matrix_mount / name / "export.tar"
+    if by_id:  # .imagefs/ids/<id>/export.tar: a save that names no reference
+        name = matrix_engine.api(f"/images/{quote(name, safe='/:@')}/json")["Id"].removeprefix("sha256:")
+        file = matrix_mount / ".imagefs/ids" / name / "export.tar"
+    path = f"/images/{quote(('sha256:' if by_id else '') + name, safe='/:@')}/get"
     # dockerd 26 dates a directory of its OCI layout at the second of the save: one of the two
     # saves made around imagefs's is in the same second as it.
     before = saved(matrix_engine, path)
-    exported = (matrix_mount / ref / "export.tar").read_bytes()
+    exported = file.read_bytes()
     after = saved(matrix_engine, path)
     assert exported in (before, after), (len(exported), len(before), len(after))
-    assert os.stat(matrix_mount / ref / "export.tar").st_size == len(exported)
+    assert os.stat(file).st_size == len(exported)
 
 
 def test_all_tar_is_a_save_of_every_tag(matrix_engine: Engine, matrix_mount: Mount) -> None:

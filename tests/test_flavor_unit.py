@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagefs.engine.flavor import DOCKER, DOCKER_CONTAINERD, PODMAN, Flavor, identify, normalized
+from imagefs.engine.flavor import DOCKER, DOCKER_CONTAINERD, PODMAN, Flavor, identify, normalized, save_name
 
 # The parts of the answers that matter, as dockerd 20.10.24, dockerd 26.1.5 (graph driver, then the
 # containerd image store) and podman 4.3.1 gave them.
@@ -43,3 +43,9 @@ def test_a_new_tag_is_reported_where_the_engine_lists_it() -> None:
     assert DOCKER.spelled("me/x:1") == DOCKER_CONTAINERD.spelled("me/x:1") == "me/x:1"
     assert PODMAN.spelled("me/x:1") == "docker.io/me/x:1"
     assert PODMAN.spelled("localhost/x:1") == "localhost/x:1"
+
+
+def test_a_save_by_id_names_the_id_with_its_algorithm() -> None:
+    assert save_name("a" * 64) == "sha256:" + "a" * 64
+    assert save_name("hello:latest") == "hello:latest"
+    assert save_name("aaaa:1") == "aaaa:1"

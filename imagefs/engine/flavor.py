@@ -19,6 +19,7 @@ drivers, and on the containerd image store, Docker 29's default) and podman 4.3.
   and stores a tag written through the API as `x:1` under `docker.io/library/x:1`. The tree
   shows references as the engine spells them (SPEC §1): nothing renames them, but the tag
   control file says where the new one is (`Flavor.spelled`).
+- **Saves by ID.** The containerd image store refuses to save a bare 64-hex ID (`save_name`).
 - **API versions.** dockerd 20.10 speaks 1.12–1.41, dockerd 26 1.24–1.45, podman's service
   1.24–1.41, Docker 29.0–29.2 refuses versions below 1.44: `Engine.negotiate` picks 1.41 where
   the range holds it, the nearest end otherwise, whatever the engine.
@@ -72,6 +73,13 @@ def identify(version: Mapping[str, Any], info: Mapping[str, Any]) -> Flavor:
     if driver_status.get("driver-type") == CONTAINERD_SNAPSHOTTER:
         return DOCKER_CONTAINERD
     return DOCKER
+
+
+def save_name(target: str) -> str:
+    """The name to ask a save of: an image ID as `sha256:<hex>`, on every engine. The containerd
+    image store reads the name as a reference and refuses a bare 64-hex one (500 "cannot specify
+    64-byte hexadecimal strings"); inspect, history, tag and delete take either form everywhere."""
+    return f"sha256:{target}" if references.is_image_id(target) else target
 
 
 def normalized(reference: str) -> str:

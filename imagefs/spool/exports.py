@@ -23,7 +23,7 @@ import trio
 
 from .. import tarcheck
 from ..engine import Engine, Flavor, quote_name
-from ..engine.flavor import SAVE_INDEXES, normalized
+from ..engine.flavor import SAVE_INDEXES, normalized, save_name
 from ..errors import Closing, ExportBroken, ImagefsError, SpoolError
 from .export import Content, Export, State
 from .reader import Reader
@@ -52,7 +52,7 @@ class Exports:
 
     def for_image(self, image_id: str, target: str) -> Content:
         key = f"{self.identity} {image_id} {target}"
-        return Content(key, f"/images/{quote_name(target)}/get", (), ((target, image_id),))
+        return Content(key, f"/images/{quote_name(save_name(target))}/get", (), ((target, image_id),))
 
     def for_all(self, refs: dict[str, str]) -> Content:
         images = tuple(sorted(refs.items()))
