@@ -12,10 +12,10 @@ dest=${IMAGEFS_DOCKER26:-/var/cache/imagefs-test/docker26}
 . /etc/os-release
 mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk -v RS= -v suite="$VERSION_CODENAME" '
   $0 ~ "(^|\n)Suites:[^\n]*[ \t]" suite "([ \t]|\n|$)" && match($0, /(^|\n)URIs:[ \t]*[^ \t\n]+/) {
-    uri = substr($0, RSTART, RLENGTH); sub(/^\n?URIs:[ \t]*/, "", uri); print uri; exit }')
+    uri = substr($0, RSTART, RLENGTH); sub(/^\n?URIs:[ \t]*/, "", uri); print uri; exit }' || true)
 if [[ -z $mirror ]]; then
-  mirror=$(awk -v suite="$VERSION_CODENAME" '$1 == "deb" && $0 !~ /\[/ && $3 == suite { print $2; exit }' \
-    /etc/apt/sources.list 2>/dev/null || true)
+  mirror=$(sed -E 's/\[[^]]*\]//' /etc/apt/sources.list 2>/dev/null |
+    awk -v suite="$VERSION_CODENAME" '$1 == "deb" && $3 == suite { print $2; exit }' || true)
 fi
 [[ -n $mirror ]] || { echo "setup-docker26: no Debian mirror for $VERSION_CODENAME in /etc/apt" >&2; exit 1; }
 
