@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import trio
 
-from . import options
+from . import fstab, options
 from .daemon import MountError, MountOptions, serve
 from .engine import EngineConfig
 
@@ -215,6 +215,12 @@ def _reason(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if fstab.is_helper_call(argv):  # run by mount.fuse3 for an fstab line of type fuse.imagefs
+        try:
+            argv = fstab.mount_argv(argv)
+        except ValueError as exc:
+            print(f"imagefs: {exc}", file=sys.stderr)
+            return 1
     args = build_parser().parse_args(argv)
     if args.command == "umount":
         return run_umount(args.mountpoint, args.lazy)

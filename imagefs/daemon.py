@@ -21,9 +21,10 @@ from typing import Any
 import pyfuse3
 import trio
 
+from .activity import Activity
 from .catalog import Catalog, Change
 from .engine import Engine, EngineConfig
-from .errors import ImagefsError
+from .errors import EngineUnreachable, ImagefsError
 from .events import EventFollower
 from .fuse.operations import Operations
 from .nodes.base import Context
@@ -32,6 +33,7 @@ from .options import default
 from .spool.exports import Exports
 from .spool.sizes import Sizes
 from .spool.store import Store, UnsafeCache
+from .uploads.service import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,9 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         identity = f"{options.engine.host} {version.get('Version', '?')}"
         exports = Exports(engine, store, sizes, options.cache_size, identity, nursery)
         stack.callback(exports.close)  # after the nursery's end: no export task still writes
-        tree = Tree(Context(catalog, exports, options.read_only))
+        activity = Activity()
+        uploads = Uploads(engine, catalog, activity, nursery)
+        tree = Tree(Context(catalog, exports, options.read_only, activity=activity, uploads=uploads))
         ops = Operations(tree)
 
         async def forget(change: Change | None, settle: bool) -> None:
@@ -107,7 +111,7 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         nursery.start_soon(ops.kernel.run)
         nursery.start_soon(_raise_readahead, ops.initialized, options.mountpoint)
         nursery.start_soon(EventFollower(catalog).run)
-        nursery.start_soon(_stop_on_signals, exports.abort)
+        nursery.start_soon(_stop_on_signals, exports.abort, uploads.abort)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         log.info("mounted %s (engine %s, API %s)", options.mountpoint, options.engine.host, engine.api_path)
         ready()
@@ -124,7 +128,10 @@ async def _reach(engine: Engine, options: MountOptions) -> dict[str, Any]:
             await engine.identify(version)
             return version
     except (ImagefsError, trio.TooSlowError) as exc:
-        raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {exc or 'timed out'}") from exc
+        # The first call's failure may have lost the reason (a certificate refused): ask once more.
+        refused = await engine.endpoint.diagnose(options.engine.timeout) if isinstance(exc, EngineUnreachable) else None
+        why = refused or exc or "timed out"
+        raise MountError(f"cannot reach the Docker engine at {options.engine.host}: {why}") from exc
 
 
 def _open_store(cache_dir: Path) -> tuple[Store, Sizes]:
@@ -161,9 +168,10 @@ async def _raise_readahead(initialized: trio.Event, mountpoint: Path, kib: int =
         log.debug("read_ahead_kb not raised: %s", exc)
 
 
-async def _stop_on_signals(abort: Callable[[], None]) -> None:
+async def _stop_on_signals(*aborts: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
-            abort()  # a reader waiting for an export would keep pyfuse3's loop from ending
+            for abort in aborts:  # a reader waiting for an export, a writer for the engine, would keep
+                abort()  # pyfuse3's loop from ending
             pyfuse3.terminate()

@@ -15,6 +15,13 @@
     ├── SpoolError               the local cache failed (a full disk is ENOSPC): not the engine's fault
     ├── Closing                  the mount is going away: imagefs ended it, the engine did not fail
     ├── BadCommand               a control write imagefs refuses before sending anything
+    ├── CredentialsFailed        the docker CLI's credentials could not be had (config.json, a helper)
+    ├── UploadRefused            an upload imagefs ends itself, so that the engine creates nothing
+    │   ├── BadUpload            what was written is not one whole archive
+    │   ├── Interrupted          its writer was killed or interrupted
+    │   ├── Unseekable           a write that does not follow the one before
+    │   ├── Finished             a write after the upload was committed or aborted
+    │   └── Busy                 the same target is being uploaded already
     ├── NotPermitted             what the tree never allows (rm, mkdir, …)
     └── ReadOnly                 the mount is read-only
 
@@ -104,6 +111,34 @@ class BadCommand(ImagefsError):
     """Malformed control input; nothing was sent to the engine."""
 
 
+class CredentialsFailed(ImagefsError):
+    """config.json or a credential helper failed: EACCES, as credentials the registry refused."""
+
+
+class UploadRefused(ImagefsError):
+    """An upload imagefs aborted or refused: the engine got no complete body, so it created nothing."""
+
+
+class BadUpload(UploadRefused):
+    pass
+
+
+class Interrupted(UploadRefused):
+    pass
+
+
+class Unseekable(UploadRefused):
+    pass
+
+
+class Finished(UploadRefused):
+    pass
+
+
+class Busy(UploadRefused):
+    pass
+
+
 class NotPermitted(ImagefsError):
     """rm, rmdir, mv, mkdir and the like: the tree never changes that way."""
 
@@ -142,6 +177,13 @@ ERRNO: dict[type[ImagefsError], int] = {
     SpoolError: errno.EIO,  # only when the OSError had no errno: see errno_for
     Closing: errno.EIO,
     BadCommand: errno.EINVAL,
+    CredentialsFailed: errno.EACCES,
+    UploadRefused: errno.EIO,
+    BadUpload: errno.EINVAL,
+    Interrupted: errno.EINTR,
+    Unseekable: errno.ESPIPE,
+    Finished: errno.EBADF,
+    Busy: errno.EBUSY,
     NotPermitted: errno.EPERM,
     ReadOnly: errno.EROFS,
 }

@@ -128,8 +128,10 @@ class Option:
 
 # The keyword arguments of EngineConfig.from_options; it applies $DOCKER_HOST and the TLS variables.
 ENGINE = (
-    Option("host", None, text, "engine address unix:///…, tcp://…, http(s)://… (else $DOCKER_HOST, "
+    Option("host", None, text, "engine address unix:///…, tcp://…, http(s)://…, ssh://… (else $DOCKER_HOST, "
            "else the engine's default socket)", short="-H", metavar="ADDRESS"),
+    Option("context", None, text, "docker context to use (else $DOCKER_CONTEXT, else currentContext in "
+           "$DOCKER_CONFIG/config.json); -H and $DOCKER_HOST win over contexts", metavar="NAME"),
     Option("hostname", None, text, "the seed's name of a TCP engine: SCHEME://HOSTNAME, when -H is not given",
            metavar="NAME"),
     Option("scheme", None, one_of("http", "https"), "the seed's scheme (with --hostname)", metavar="{http,https}"),

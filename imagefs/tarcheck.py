@@ -45,22 +45,22 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
         header = read(offset, BLOCK)
         if header == bytes(BLOCK):
             return Walk(_tail(read, offset, size), kept)
-        problem = _checksum(header)
+        problem = checksum_problem(header)
         if problem:
             return Walk(f"no tar header at byte {offset}: {problem}")
-        length = _size(header[124:136]) if "size" not in pax else _pax_size(pax["size"])
+        length = header_size(header[124:136]) if "size" not in pax else pax_size(pax["size"])
         if length is None:
             return Walk(f"the header at byte {offset} has no readable size")
         kind = header[156]
-        name = pax.get("path") or longname or _name(header)
+        name = pax.get("path") or longname or header_name(header)
         pax, longname = {}, None
         if kind in HEADER_ONLY:
             length = 0
         elif kind == ord("x"):
             if length > MAX_PAX or offset + BLOCK + length > size:
                 return Walk(f"the extended header at byte {offset} is cut or too long ({length} bytes)")
-            records = _pax_records(read(offset + BLOCK, length))
-            if records is None or ("size" in records and _pax_size(records["size"]) is None):
+            records = pax_records(read(offset + BLOCK, length))
+            if records is None or ("size" in records and pax_size(records["size"]) is None):
                 return Walk(f"the extended header at byte {offset} is malformed")
             pax = records
         elif kind == ord("L"):  # GNU's long name, for the member after it
@@ -72,7 +72,7 @@ def walk(read: Read, size: int, keep: frozenset[str] = frozenset()) -> Walk:
         offset += BLOCK + -(-length // BLOCK) * BLOCK
 
 
-def _name(header: bytes) -> str:
+def header_name(header: bytes) -> str:
     name = header[:100].split(b"\0", 1)[0]
     if header[257:262] == b"ustar":
         prefix = header[345:500].split(b"\0", 1)[0]
@@ -81,11 +81,11 @@ def _name(header: bytes) -> str:
     return name.decode("utf-8", "replace")
 
 
-def _pax_size(value: str) -> int | None:
+def pax_size(value: str) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-def _pax_records(data: bytes) -> dict[str, str] | None:
+def pax_records(data: bytes) -> dict[str, str] | None:
     """The "LENGTH KEY=VALUE\n" records of an extended header (the last of a key wins), or None if malformed.
 
     Each record is found by its length: a value may itself hold newlines and "size=".
@@ -117,7 +117,7 @@ def _tail(read: Read, offset: int, size: int) -> str | None:
     return None
 
 
-def _checksum(header: bytes) -> str | None:
+def checksum_problem(header: bytes) -> str | None:
     field = header[148:156].replace(b"\0", b" ").strip()
     if not field or field.strip(b"01234567"):
         return f"checksum field {header[148:156]!r}"
@@ -129,7 +129,7 @@ def _checksum(header: bytes) -> str | None:
     return None
 
 
-def _size(field: bytes) -> int | None:
+def header_size(field: bytes) -> int | None:
     if field[0] & 0x80:  # base-256, for sizes of 8 GiB and more
         if field[0] != 0x80:
             return None  # negative

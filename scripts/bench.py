@@ -24,6 +24,16 @@ exit status is non-zero only when a measurement could not be taken.
      re-read against `cat` of the spool file; 16 concurrent readers of a cold
      image (engine exports counted from /events) against one reader; and the
      daemon's peak RSS (VmHWM).
+  4. Unless --skip-export or --skip-ssh: the same image's first export through a mount of
+     `-H ssh://root@127.0.0.1:PORT` (a private sshd, scripts/private_sshd.py, whose key runs
+     `docker system dial-stdio` against the engine) against `docker -H ssh://… save` of it.
+  5. Unless --skip-uploads: loads of that image's save through `.imagefs/load/`
+     against curl streaming the file (`-T`) to /images/load and `docker load -i` (the image
+     removed before each), the daemon's peak RSS over them; a build of a
+     --big-mb context through `.imagefs/build/` against `docker build` (no cache).
+  5. Unless --skip-pull: an image of --pull-mb MB pushed to a local docker-registry,
+     pulled through `MOUNT/.imagefs/pull` against `docker pull`, the image removed
+     before each pull.
 
 Only the standard library is used; the engine is reached with http.client,
 curl, and the docker CLI.
@@ -51,6 +61,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
+
+import private_sshd  # scripts/, beside this file
 
 HERE = Path(__file__).resolve().parent
 PRIVATE_ENGINE = HERE / "private_engine.py"
@@ -422,15 +434,15 @@ class Bench:
 
     # mount
 
-    def mount(self, fresh_cache: bool = True) -> float:
+    def mount(self, fresh_cache: bool = True, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> float:
         """Mount with the project's CLI (which returns once the mount is ready); a fresh cache dir by default."""
         if fresh_cache or self.cache_dir is None:
             self.mounts += 1
             self.cache_dir = self.work / f"cache-{self.mounts}"
         cmd = [*self.imagefs, "mount", "--config", str(self.config), "--cache-dir", str(self.cache_dir),
-               str(self.mnt)]
+               *extra, str(self.mnt)]
         start = time.perf_counter()
-        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(cmd, env=env or self.env, capture_output=True, text=True, timeout=120)
         elapsed = time.perf_counter() - start
         if result.returncode != 0:
             logfile = self.cache_dir / "imagefs.log"
@@ -819,6 +831,168 @@ def bench_export(bench: Bench, report: Report) -> None:
                    f"{max(idle_hwm) / 1024:.1f} MiB", goal="≤ 100 MiB", ok=peak <= 100))
 
 
+# --- 5. uploads ---------------------------------------------------------------------------------
+
+
+def ensure_big(bench: Bench) -> None:
+    if not bench.api.exists(BIG_REF):
+        log(f"building {BIG_REF} ({bench.args.big_mb} MiB of random bytes, offline)")
+        bench.build(BIG_REF, "FROM scratch\nCOPY big.bin /big.bin\n",
+                    {"big.bin": lambda p: write_random(p, bench.args.big_mb)})
+
+
+def bench_uploads(bench: Bench, report: Report) -> None:
+    """load through the mount vs curl and docker load; a build of a large context vs docker build."""
+    mib = bench.args.big_mb
+    report.section(f"5. uploads of a {mib} MiB image")
+    ensure_big(bench)
+    save = bench.work / "big-save.tar"
+    run([*bench.api.curl(f"/images/{quote(BIG_REF, safe='/:@')}/get"), "-o", str(save)], env=bench.env)
+    size = save.stat().st_size
+    sock = ["--unix-socket", bench.api.sock] if bench.api.sock else []
+    # -T streams the file (--data-binary @file reads it whole into memory first: out of memory at 1 GiB).
+    curl = [CURL, "-sS", "--fail", *sock, "-X", "POST", "-H", "Content-Type: application/x-tar", "-H", "Expect:",
+            "-T", str(save), "-o", "/dev/null", bench.api.base_url + API + "/images/load?quiet=1"]
+    loads = {"mount": ["cp", str(save), str(bench.mnt / ".imagefs/load/big.tar")], "curl": curl,
+             "docker": [DOCKER, "load", "-q", "-i", str(save)]}
+    bench.remount()  # the daemon's peak RSS below is that of these uploads alone
+    times: dict[str, list[float]] = {name: [] for name in loads}
+    for r in range(max(1, bench.args.export_rounds)):
+        for name in list(loads)[r % 3:] + list(loads)[: r % 3]:
+            bench.api.untag(BIG_REF, noprune=False)  # each load writes the image anew
+            os.sync()
+            times[name].append(timed(loads[name], env=bench.env))
+            if not bench.api.exists(BIG_REF):
+                raise RuntimeError(f"{name}: the load did not bring back {BIG_REF}")
+    t = {name: Timing(values) for name, values in times.items()}
+    ratio = t["curl"].median / t["mount"].median
+    report.add(Row("load through the mount vs curl -T (a streamed POST)", fmt_rate(t["mount"].median, size),
+                   fmt_rate(t["curl"].median, size), f"{ratio:.2f}× throughput", "≥ 0.9×", ratio >= 0.9,
+                   (t["mount"], t["curl"])))
+    ratio = t["docker"].median / t["mount"].median
+    report.add(Row("load through the mount vs docker load -i", fmt_rate(t["mount"].median, size),
+                   fmt_rate(t["docker"].median, size), f"{ratio:.2f}× throughput", timings=(t["mount"], t["docker"])))
+    peak = bench.peak_rss_kib() / 1024
+    report.add(Row(f"daemon peak RSS (VmHWM) during {mib} MiB loads", f"{peak:.1f} MiB", "—", goal="≤ 100 MiB",
+                   ok=peak <= 100))
+    save.unlink()
+    bench_build(bench, report)
+
+
+def bench_build(bench: Bench, report: Report) -> None:
+    mib = bench.args.big_mb
+    ctx = bench.work / "big-ctx"
+    ctx.mkdir()
+    try:
+        write_random(ctx / "big.bin", mib)
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY big.bin /big.bin\n")
+        builds = {"mount": ["tar", "-cf", str(bench.mnt / ".imagefs/build/bench/ctx:1,nocache"), "-C", str(ctx), "."],
+                  "docker": [DOCKER, "build", "-q", "--no-cache", "-t", "bench/ctx:2", str(ctx)]}
+        bench.created_refs += ["bench/ctx:1", "bench/ctx:2"]
+        t = sample(builds, max(1, bench.args.export_rounds), env=bench.env, warmup=0)
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    ratio = t["docker"].median / t["mount"].median
+    report.add(Row(f"build of a {mib} MiB context: tar into build/ vs docker build", fmt_time(t["mount"].median),
+                   fmt_time(t["docker"].median), f"{ratio:.2f}× throughput", timings=(t["mount"], t["docker"])))
+# --- 4. export.tar over ssh:// -----------------------------------------------------------------
+
+
+def bench_ssh(bench: Bench, report: Report) -> None:
+    """The first export through an ssh:// mount against `docker -H ssh://… save`, interleaved."""
+    if not bench.api.exists(BIG_REF):
+        raise RuntimeError(f"{BIG_REF} is missing: the export measurement builds it")
+    sshd = private_sshd.start(bench.work / "sshd", bench.api.host)
+    try:
+        env = sshd.env(bench.env)
+        env.pop("DOCKER_HOST", None)
+        report.section(f"4. export.tar over {sshd.address} (one ssh per connection)")
+        export = bench.path(BIG_REF, "export.tar")
+        ours, theirs = Timing([]), Timing([])
+        for r in range(max(1, bench.args.export_rounds)):
+            log(f"ssh round {r + 1}: docker -H {sshd.address} save, then a first export through an ssh:// mount")
+            bench.umount()
+            os.sync()
+            theirs.values.append(timed(["sh", "-c", f'exec {DOCKER} -H {sshd.address} save "$0" >/dev/null',
+                                        BIG_REF], env))
+            bench.mount(extra=("-H", sshd.address), env=env)
+            os.sync()
+            ours.values.append(timed(["cat", str(export)]))
+        size = export.stat().st_size
+        bench.umount()
+        report.add(Row(f"first export over ssh:// vs docker -H ssh:// save (n={len(ours.values)})",
+                       fmt_rate(ours.median, size), fmt_rate(theirs.median, size),
+                       f"{theirs.median / ours.median:.2f}× throughput", "≥ 0.8×", theirs.median / ours.median >= 0.8,
+                       (ours, theirs)))
+    finally:
+        private_sshd.stop(sshd.root)
+
+
+# --- 5. pull ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def local_registry(bench: Bench) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 with a config of its own (never /etc's); its address."""
+    root = bench.work / "registry"
+    root.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (root / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+                                     f"http:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            with contextlib.suppress(OSError):
+                conn = http.client.HTTPConnection(f"127.0.0.1:{port}", timeout=1)
+                conn.request("GET", "/v2/")
+                return conn.getresponse().status == 200
+            return False
+
+        wait_for("the registry", up, timeout=15)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def pull_through_mount(bench: Bench, ref: str) -> float:
+    """One `echo REF > MOUNT/.imagefs/pull`: the write returns when the image is pulled."""
+    start = time.perf_counter()
+    fd = os.open(bench.mnt / ".imagefs/pull", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, f"{ref}\n".encode())
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def bench_pull(bench: Bench, report: Report) -> None:
+    mib = bench.args.pull_mb
+    report.section(f"5. pull of a {mib} MiB image from a local registry")
+    with local_registry(bench) as address:
+        ref = f"{address}/bench/pull:1"
+        log(f"building and pushing {ref} ({mib} MiB of random bytes)")
+        bench.build(ref, "FROM scratch\nCOPY big.bin /big.bin\n", {"big.bin": lambda p: write_random(p, mib)})
+        run([DOCKER, "push", ref], env=bench.env, timeout=1800)
+        mount, cli = Timing([]), Timing([])
+        pulls: dict[str, Callable[[], float]] = {
+            "mount": lambda: pull_through_mount(bench, ref),
+            "cli": lambda: timed([DOCKER, "pull", "-q", ref], bench.env)}
+        for r in range(bench.args.pull_rounds):
+            for who in (["mount", "cli"] if r % 2 == 0 else ["cli", "mount"]):
+                bench.api.untag(ref, noprune=False)  # the image and its layer go: every pull fetches it all
+                os.sync()
+                (mount if who == "mount" else cli).values.append(pulls[who]())
+                log(f"pull round {r + 1}: {who} {fmt_time((mount if who == 'mount' else cli).values[-1])}")
+    ratio = mount.median / cli.median
+    report.add(Row(f"pull through the mount vs docker pull (n={bench.args.pull_rounds})",
+                   fmt_rate(mount.median, mib * MIB), fmt_rate(cli.median, mib * MIB), f"{ratio:.2f}× time",
+                   "≤ 1.05× time", ratio <= 1.05, (mount, cli)))
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -830,9 +1004,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--use-host", action="store_true", help="use $DOCKER_HOST instead of a private engine")
     parser.add_argument("--big-mb", type=int, default=512, help="size of the export test image in MiB (default 512)")
     parser.add_argument("--skip-export", action="store_true", help="skip the export.tar measurements")
+    parser.add_argument("--skip-uploads", action="store_true", help="skip the load and build measurements")
+    parser.add_argument("--skip-ssh", action="store_true", help="skip the export over ssh:// (needs openssh-server)")
     parser.add_argument("--runs", type=int, default=200, help="runs of each fast command (default 200)")
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh mounts / invalidations per cold case")
     parser.add_argument("--export-rounds", type=int, default=3, help="rounds of the export measurements")
+    parser.add_argument("--skip-pull", action="store_true", help="skip the pull measurements")
+    parser.add_argument("--pull-mb", type=int, default=256, help="size of the pull test image in MiB (default 256)")
+    parser.add_argument("--pull-rounds", type=int, default=4, help="pulls of each kind (default 4)")
     return parser.parse_args(argv)
 
 
@@ -861,6 +1040,12 @@ def main(argv: list[str] | None = None) -> int:
         measurements: list[Callable[[Bench, Report], None]] = [bench_inspect, bench_listing]
         if not args.skip_export:
             measurements.append(bench_export)
+            if not args.skip_ssh:
+                measurements.append(bench_ssh)
+        if not args.skip_uploads:
+            measurements.append(bench_uploads)
+        if not args.skip_pull:
+            measurements.append(bench_pull)
         for measure in measurements:
             try:
                 if not os.path.ismount(bench.mnt):

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
@@ -128,8 +129,8 @@ def missing(flavor: str) -> str | None:
     return None if os.path.exists(DOCKERD) else "no dockerd: run scripts/setup.sh --engine"
 
 
-def _command(root: Path, flavor: str) -> tuple[list[str], dict[str, str]]:
-    """The engine's command line and environment."""
+def _command(root: Path, flavor: str, extra: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The engine's command line (dockerd's with `extra` added to its flags) and environment."""
     if flavor == "podman":
         (root / "storage.conf").write_text(PODMAN_STORAGE.format(root=root))
         podman, env = own_cli(root)
@@ -156,18 +157,21 @@ def _command(root: Path, flavor: str) -> tuple[list[str], dict[str, str]]:
         "--exec-root", str(root / "exec"),
         "--pidfile", str(root / "docker.pid"),
         "--host", docker_host(root),
+        *extra,
     ], env
 
 
-def start(root: Path, samples: bool, flavor: str | None = None) -> str:
+def start(root: Path, samples: bool, extra: Sequence[str] = (), flavor: str | None = None) -> str:
+    """Start the engine on DIR's unix socket (dockerd: plus what `extra` adds to its flags, e.g. a TLS
+    listener); its DOCKER_HOST once it answers there."""
     root.mkdir(parents=True, exist_ok=True)
     sock = root / "docker.sock"
     if _ping(sock):
         return docker_host(root)
     flavor = flavor or flavor_of(root)
     (root / "flavor").write_text(flavor + "\n")
-    command, env = _command(root, flavor)
-    log = open(root / "engine.log", "ab")  # noqa: SIM115 - handed to the child
+    command, env = _command(root, flavor, extra)
+    log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     if flavor == "podman":  # dockerd writes its own
@@ -175,7 +179,7 @@ def start(root: Path, samples: bool, flavor: str | None = None) -> str:
     deadline = time.monotonic() + 60
     while not _ping(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"{flavor} did not start; see {root / 'engine.log'}")
+            sys.exit(f"{flavor} did not start; see {root / 'dockerd.log'}")
         time.sleep(0.1)
     if samples:
         build_samples(root)

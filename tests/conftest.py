@@ -9,6 +9,7 @@ and FUSE) and `unit` (neither), so `pytest -m unit` runs the fast tier alone.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import http.client
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +126,23 @@ class Engine:
         private_engine.terminate(self.root, hard=hard)
 
 
+@dataclass
+class Client(Engine):
+    """The same engine as a client with another environment sees it (the docker CLI and imagefs
+    alike): `extra` sets variables, and removes those it maps to None."""
+
+    extra: dict[str, str | None] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        for name, value in self.extra.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
+
+
 def _new_engine(prefix: str, samples: bool) -> Iterator[Engine]:
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
@@ -165,22 +184,25 @@ def second_engine() -> Iterator[Engine]:
     yield from _new_engine("ifs-e2-", samples=False)
 
 
-@pytest.fixture(scope="session")
-def registry() -> Iterator[str]:
-    """A real registry (Debian's docker-registry) on 127.0.0.1: pushing there gives images digests."""
-    root = Path(tempfile.mkdtemp(prefix="ifs-reg-", dir="/tmp"))
+@contextlib.contextmanager
+def _docker_registry(prefix: str, htpasswd: str = "") -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 (never with /etc's config: it listens on every interface),
+    asking for basic auth when given htpasswd lines; its address."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    (root / "htpasswd").write_text(htpasswd)
+    auth = f"auth:\n  htpasswd:\n    realm: imagefs-tests\n    path: {root}/htpasswd\n" if htpasswd else ""
     (root / "config.yml").write_text(
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n{auth}"
     )
     proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         address = f"127.0.0.1:{port}"
-        wait_for(lambda: _http_up(address), timeout=15)
+        wait_for(lambda: _http_up(address, expect=401 if htpasswd else 200), timeout=15)
         yield address
     finally:
         proc.terminate()
@@ -188,11 +210,64 @@ def registry() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _http_up(address: str) -> bool:
+@pytest.fixture(scope="session")
+def registry() -> Iterator[str]:
+    """A real registry (Debian's docker-registry) on 127.0.0.1: pushing there gives images digests."""
+    with _docker_registry("ifs-reg-") as address:
+        yield address
+
+
+@dataclass(frozen=True)
+class AuthRegistry:
+    """A registry that asks for basic auth: whoever pushes or pulls must log in as `user`."""
+
+    address: str
+    user: str
+    password: str
+
+    def tags(self, repository: str) -> list[str]:
+        """The registry's own list of a repository's tags (its API, not the engine's)."""
+        conn = http.client.HTTPConnection(self.address, timeout=10)
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        conn.request("GET", f"/v2/{repository}/tags/list", headers={"Authorization": f"Basic {token}"})
+        resp = conn.getresponse()
+        body = resp.read()
+        return list(json.loads(body).get("tags") or []) if resp.status == 200 else []
+
+
+@pytest.fixture(scope="session")
+def auth_registry() -> Iterator[AuthRegistry]:
+    """A registry with htpasswd (bcrypt) auth on 127.0.0.1: the engine talks plain HTTP to it."""
+    user, password = "alice", "s3cret-pw"
+    with warnings.catch_warnings():  # crypt is the stdlib's bcrypt until 3.13; the registry takes only bcrypt
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+    with _docker_registry("ifs-areg-", f"{user}:{hashed}\n") as address:
+        yield AuthRegistry(address, user, password)
+
+
+@pytest.fixture
+def docker_config(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty DOCKER_CONFIG for the docker CLI and for the mounts this test makes (they inherit it)."""
+    where = tmp / "docker-config"
+    where.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(where))
+    return where
+
+
+def login(engine: Engine, registry: AuthRegistry, password: str | None = None) -> None:
+    result = subprocess.run(
+        ["docker", "login", "-u", registry.user, "--password-stdin", registry.address],
+        input=password or registry.password, env=engine.env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def _http_up(address: str, expect: int = 200) -> bool:
     try:
         conn = http.client.HTTPConnection(address, timeout=1)
         conn.request("GET", "/v2/")
-        return conn.getresponse().status == 200
+        return conn.getresponse().status == expect
     except OSError:
         return False
 
@@ -391,7 +466,7 @@ def mount(engine: Engine, tmp: Path, request: pytest.FixtureRequest) -> Iterator
 
 # --- tiers ----------------------------------------------------------------------------------------
 
-ENGINE_FIXTURES = {"engine", "second_engine", "matrix_engine", "registry", "mount"}
+ENGINE_FIXTURES = {"engine", "second_engine", "matrix_engine", "registry", "auth_registry", "mount"}
 
 
 def _fuse_missing() -> str | None:

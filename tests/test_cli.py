@@ -64,7 +64,7 @@ def test_a_bad_value_is_one_line(tmp: Path, mode: list[str], args: list[str], li
 @pytest.mark.parametrize(
     ("args", "env", "reason"),
     [
-        (["-H", "ssh://user@example.com"], {}, "ssh:// engines are not supported yet"),
+        (["-H", "ssh://user:secret@example.com"], {}, "a password in an ssh:// address is not supported"),
         (["-H", "ftp://example.com"], {}, "unsupported engine address 'ftp://example.com'"),
         ([], {"DOCKER_HOST": "ftp://example.com"}, "unsupported engine address 'ftp://example.com'"),
         (["-H", "tcp://127.0.0.1:9", "--tlsverify"], {"DOCKER_CERT_PATH": "/nonexistent"},

@@ -230,7 +230,7 @@ def test_reports_of_the_engines_answers() -> None:
 
 
 def test_command_table() -> None:
-    assert set(COMMANDS) == {"tag", "delete", "prune"}
+    assert set(COMMANDS) == {"tag", "delete", "prune", "pull", "push", "commit", "build-prune"}
     assert isinstance(COMMANDS["tag"], Tag)
     assert isinstance(COMMANDS["delete"], Delete)
     assert isinstance(COMMANDS["prune"], Prune)

@@ -54,7 +54,9 @@ def test_endpoints() -> None:
 @pytest.mark.parametrize(
     ("host", "reason"),
     [
-        ("ssh://user@h", "ssh:// engines are not supported yet"),
+        ("ssh://user:pw@h", "a password in an ssh:// address is not supported"),
+        ("ssh://h?x=1", "has no query or fragment"),
+        ("ssh://h:port", "bad port"),
         ("ftp://h", "unsupported engine address"),
         ("tcp://:2375", "unsupported engine address"),
         ("tcp://h:port", "bad port"),

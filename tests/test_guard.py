@@ -27,10 +27,10 @@ def test_a_bug_in_a_handler_is_eio_and_the_mount_lives_on(
 ) -> None:
     original = DocumentFile.open
 
-    async def buggy_open(self: DocumentFile, flags: int) -> Handle:
+    async def buggy_open(self: DocumentFile, flags: int, pid: int) -> Handle:
         if self.path[-1] == "history":
             raise RuntimeError("injected bug")
-        return await original(self, flags)
+        return await original(self, flags, pid)
 
     monkeypatch.setattr(DocumentFile, "open", buggy_open)
     mnt = tmp / "mnt"

@@ -32,7 +32,12 @@ from imagefs.spool.exports import Exports
 from imagefs.spool.sizes import Sizes
 from imagefs.spool.store import Store
 
-CTX: Any = None  # the handlers never read their request context
+
+class _Context:
+    pid = 0  # no process: only open and create read it, and only uploads use it
+
+
+CTX: Any = _Context()
 
 
 @dataclass

@@ -98,9 +98,9 @@ def test_anything_but_zeros_after_the_end_fails() -> None:
 
 
 def test_sizes_in_base_256_and_in_extended_headers() -> None:
-    assert tarcheck._size(b"\x80" + (9 << 30).to_bytes(11, "big")) == 9 << 30
-    assert tarcheck._size(b"\xff" * 12) is None
-    assert tarcheck._size(b"00000000012\0") == 10
+    assert tarcheck.header_size(b"\x80" + (9 << 30).to_bytes(11, "big")) == 9 << 30
+    assert tarcheck.header_size(b"\xff" * 12) is None
+    assert tarcheck.header_size(b"00000000012\0") == 10
     # A PAX size record stands for the next member's size (as for members of 8 GiB and more):
     # with the header's own field zeroed, only the record leads the walk to the marker.
     out = io.BytesIO()
@@ -124,9 +124,9 @@ def test_extended_records_are_read_by_their_lengths() -> None:
     name = "a\n11 size=0\nb" * 3
     data, _, _ = build([(name, "file", 1500)], tarfile.PAX_FORMAT, 4)
     assert check(data) is None
-    assert tarcheck._pax_records(b"13 size=1500\n10 path=x\n") == {"size": "1500", "path": "x"}
+    assert tarcheck.pax_records(b"13 size=1500\n10 path=x\n") == {"size": "1500", "path": "x"}
     for bad in [b"12 size=1500\n", b"x size=1\n", b"5 a=b\n", b"9 nokey\n", b"99 size=1\n"]:
-        assert tarcheck._pax_records(bad) is None, bad
+        assert tarcheck.pax_records(bad) is None, bad
 
 
 @settings(max_examples=50, deadline=None)

@@ -24,8 +24,9 @@ def test_root_lists_references_and_namespaces(mount: Mount, engine: Engine) -> N
     assert ".imagefs" not in names and not any(n.startswith("<none>") for n in names)
     assert os.listdir(mount / "myorg") == ["app:1.0"]
     assert os.listdir(mount / "localhost:5000/team") == ["app:2"]
-    assert sorted(os.listdir(mount / "myorg/app:1.0")) == ["delete", "export.tar", "history", "inspect", "tag"]
-    assert sorted(os.listdir(mount / ".imagefs")) == ["all.tar", "ids", "prune", "version"]
+    assert sorted(os.listdir(mount / "myorg/app:1.0")) == ["delete", "export.tar", "history", "inspect", "push", "tag"]
+    assert sorted(os.listdir(mount / ".imagefs")) == ["all.tar", "build", "build-prune", "commit", "ids", "import",
+                                                      "load", "prune", "pull", "search", "status", "version"]
     # ls shows exactly the engine's tags: every tagged reference once
     listed = {str(p.relative_to(mount.path)) for p in mount.path.rglob("*:*") if p.is_dir() and
               not (p.name.startswith("localhost:") and p.parent == mount.path)}

@@ -8,6 +8,7 @@
 - `client`     Engine: API version, calls, streams, status → error
 - `flavor`     which engine answers (dockerd, its containerd image store, podman) and what
                imagefs does differently for each
+- `auth`       registry credentials as the docker CLI finds them → X-Registry-Auth / -Config
 
 The rest of imagefs imports from here.
 """

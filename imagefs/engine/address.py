@@ -4,8 +4,9 @@
 `Endpoint.connect` makes a blocking socket (TLS-wrapped where the address asks for TLS) for
 the worker threads of `bulkget`; `Endpoint.open_stream` makes the same connection as a trio
 stream, which httpx gets through the network backend in `transport`. Both start at
-`Endpoint._dial`, so a new kind of address (ssh: `docker system dial-stdio`) is one more
-branch there and reaches both clients.
+`Endpoint._dial`, so every kind of address reaches both clients: an ssh:// engine
+(`docker system dial-stdio`, in `sshdial`) is one more branch there. `Endpoint.explain` says
+what a failed connection needs fixed (a certificate, ssh's own complaint), for both clients.
 
 httpx is given that network backend rather than an `AsyncHTTPTransport(uds=…,
 socket_options=…, verify=…)`: with the stock transport httpcore would make its own sockets,
@@ -31,6 +32,8 @@ from urllib.parse import urlsplit
 import trio
 
 from ..options import default
+from . import contexts
+from .sshdial import SshTarget
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # The events stream may be silent for hours: without keepalive a peer that vanished (a half-open
@@ -49,6 +52,7 @@ class EngineConfig:
 
     host: str = DEFAULT_HOST
     base_path: str | None = None  # "/v1.41" pins the version; None negotiates
+    tls: bool = False  # TLS on tcp:// even without certificates (a context's SkipTLSVerify)
     tls_verify: bool = False
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -69,15 +73,27 @@ class EngineConfig:
         tlscacert: str | None = None,
         tlscert: str | None = None,
         tlskey: str | None = None,
+        context: str | None = None,
         env: dict[str, str] | None = None,
         **rest: Any,
     ) -> EngineConfig:
-        """-H wins, then the seed's --hostname/--scheme, then DOCKER_HOST, then the default socket."""
+        """--context, else -H, then the seed's --hostname/--scheme, then DOCKER_HOST, then the docker
+        context in use (`contexts`), then the default socket."""
         env = dict(os.environ) if env is None else env
+        if base_path is not None:
+            base_path = "/" + base_path.strip("/") if base_path.strip("/") else None
+        address_given = bool(host or hostname or scheme)
+        if context and address_given:
+            raise ValueError("conflicting options: either an engine address (-H, --hostname) or --context, not both")
+        name = contexts.current(context, address_given, env)
+        if name != contexts.DEFAULT:
+            ctx = contexts.load(name, env)
+            return cls(host=ctx.host, base_path=base_path, tls=ctx.tls, tls_verify=ctx.verify, tls_ca=ctx.ca,
+                       tls_cert=ctx.cert, tls_key=ctx.key, **rest)
         if not host and (hostname or scheme):
             host = f"{scheme or 'http'}://{hostname or 'localhost'}"
         host = host or env.get("DOCKER_HOST") or DEFAULT_HOST
-        cert_path = Path(env.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+        cert_path = Path(env.get("DOCKER_CERT_PATH") or contexts.config_dir(env))
         verify = bool(tlsverify) if tlsverify is not None else bool(env.get("DOCKER_TLS_VERIFY"))
         uses_certs = verify or any((tlscacert, tlscert, tlskey)) or "DOCKER_CERT_PATH" in env
         if uses_certs:
@@ -86,36 +102,33 @@ class EngineConfig:
             # there; one that was named must be (`endpoint` says so).
             tlscert = tlscert or _existing(cert_path / "cert.pem")
             tlskey = tlskey or _existing(cert_path / "key.pem")
-        if base_path is not None and not base_path.startswith("/"):
-            base_path = "/" + base_path
-        return cls(
-            host=host, base_path=base_path.rstrip("/") if base_path else None,
-            tls_verify=verify, tls_ca=tlscacert, tls_cert=tlscert, tls_key=tlskey, **rest,
-        )
+        return cls(host=host, base_path=base_path, tls_verify=verify, tls_ca=tlscacert, tls_cert=tlscert,
+                   tls_key=tlskey, **rest)
 
     def endpoint(self) -> Endpoint:
         """Where to connect and with what TLS; a ValueError with a one-line reason for an
         address or TLS files that cannot be used (the CLI checks this before it forks)."""
         parts = urlsplit(self.host)
         if parts.scheme == "ssh":
-            raise ValueError("ssh:// engines are not supported yet (use unix://, tcp://, http:// or https://)")
+            return Endpoint(None, "docker", 80, None, "", ssh=SshTarget.parse(self.host, parts))
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError(f"engine address {self.host!r} names no socket path")
             return Endpoint(parts.path, "docker", 80, None, "")
         if parts.scheme not in ("tcp", "http", "https") or not parts.hostname:
-            raise ValueError(f"unsupported engine address {self.host!r} (use unix://, tcp://, http:// or https://)")
+            raise ValueError(f"unsupported engine address {self.host!r} (use unix://, tcp://, http(s):// or ssh://)")
         try:
             port = parts.port
         except ValueError:
             raise ValueError(f"engine address {self.host!r} has a bad port") from None
         # from_options sets the CA path whenever certificates are in play: on tcp:// that asks for TLS.
         tls = parts.scheme == "https" or (
-            parts.scheme == "tcp" and bool(self.tls_verify or self.tls_ca or self.tls_cert))
+            parts.scheme == "tcp" and bool(self.tls or self.tls_verify or self.tls_ca or self.tls_cert))
         # tcp:// without a port means the docker CLI's ports; http(s):// the scheme's.
         default_port = (2376 if tls else 2375) if parts.scheme == "tcp" else (443 if tls else 80)
         ctx = self._tls_context() if tls else None
-        return Endpoint(None, parts.hostname, port or default_port, ctx, parts.path.rstrip("/"))
+        return Endpoint(None, parts.hostname, port or default_port, ctx, parts.path.rstrip("/"),
+                        tls_files=TlsFiles(self.tls_ca if self.tls_verify else None, self.tls_cert) if tls else None)
 
     def _tls_context(self) -> ssl.SSLContext:
         ca = self.tls_ca if self.tls_verify else None
@@ -141,14 +154,25 @@ def _existing(path: Path) -> str | None:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The certificates a TLS endpoint was made with, for messages that name them."""
+
+    ca: str | None  # None: the system's CAs, or (without --tlsverify) the engine is not checked
+    cert: str | None
+
+
+@dataclass(frozen=True)
 class Endpoint:
-    """A unix socket path, or a host and port (with a TLS context or not); and the URL prefix of the API."""
+    """A unix socket path, or a host and port (with a TLS context or not), or an ssh target; and
+    the URL prefix of the API."""
 
     uds: str | None
     host: str
     port: int
     tls: ssl.SSLContext | None
     prefix: str
+    ssh: SshTarget | None = None
+    tls_files: TlsFiles | None = None
 
     @property
     def authority(self) -> str:
@@ -186,8 +210,37 @@ class Endpoint:
             raise
         return tls
 
+    def explain(self, exc: BaseException) -> str | None:
+        """A failure of a connection to this endpoint in the words that say what to fix: which
+        certificate TLS refused, or what ssh said; None when the exception says it already."""
+        if self.ssh is not None:
+            return self.ssh.failure()
+        refused = next((e for e in _causes(exc) if isinstance(e, ssl.SSLError)), None)
+        if refused is None or self.tls_files is None:
+            return None
+        return _tls_reason(refused, self.tls_files)
+
+    async def diagnose(self, timeout: float) -> str | None:
+        """Why the engine refuses connections, from one that only listens; None if it tells nothing.
+
+        A TLS 1.3 engine judges the client certificate after the handshake, and its verdict can
+        be lost to a reset when a request is written meanwhile (as every call does at once).
+        """
+        if self.tls is None:
+            return None
+        try:
+            stream = await self.open_stream(timeout)
+            async with stream:
+                with trio.move_on_after(timeout):
+                    await stream.receive_some(1)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            return self.explain(exc)
+        return None
+
     def _dial(self, timeout: float | None) -> socket.socket:
         """The engine's socket before TLS (blocking)."""
+        if self.ssh is not None:
+            return self.ssh.dial(timeout)
         if self.uds is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             with _closed_on_error(sock):
@@ -199,6 +252,33 @@ class Endpoint:
             for level, option, value in TCP_KEEPALIVE:
                 sock.setsockopt(level, option, value)
         return sock
+
+
+# The alerts a TLS server sends when it refuses the client's certificate, or the lack of one.
+_CLIENT_REFUSED = frozenset({"SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                             "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+                             "TLSV1_ALERT_ACCESS_DENIED", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE"})
+
+
+def _tls_reason(err: ssl.SSLError, files: TlsFiles) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        trusted = f"the CA certificate {files.ca}" if files.ca else "the system's CA certificates"
+        return f"TLS: the engine's certificate is not trusted by {trusted} ({err.verify_message})"
+    if err.reason in _CLIENT_REFUSED:
+        if files.cert is None:
+            return ("TLS: the engine wants a client certificate and none was given "
+                    "(--tlscert and --tlskey, or cert.pem and key.pem in $DOCKER_CERT_PATH)")
+        return f"TLS: the engine refused the client certificate {files.cert} ({err.reason})"
+    return f"TLS: {err.reason or err}"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        yield at
+        at = at.__cause__ or at.__context__
 
 
 @contextlib.contextmanager

@@ -308,7 +308,7 @@ async def get(where: Endpoint, target: str, timeouts: Timeouts) -> AsyncIterator
 def _start(conn: _Connection, limiter: trio.CapacityLimiter, where: Endpoint, target: str,
            timeouts: Timeouts) -> Body:
     request = f"GET {target}"
-    with conn.use(request), _mapped(request):
+    with conn.use(request), _mapped(request), _explained(where, request):
         sock = where.connect(timeouts.connect)
         conn.attach(sock)
         # HTTP/1.0: the body comes as it is, ended by the engine closing the connection (module docstring).
@@ -318,6 +318,18 @@ def _start(conn: _Connection, limiter: trio.CapacityLimiter, where: Endpoint, ta
         head, rest = _read_head(sock, request)
         status, headers = parse_head(head, request)
         return Body(conn, limiter, status, Decoder(headers, request), rest)
+
+
+@contextmanager
+def _explained(where: Endpoint, request: str) -> Iterator[None]:
+    """A connection that failed, in the words the endpoint has for it (a certificate, ssh's)."""
+    try:
+        yield
+    except EngineUnreachable as exc:
+        reason = where.explain(exc)
+        if reason is None:
+            raise
+        raise EngineUnreachable(f"{request}: {reason}") from exc
 
 
 def _read_head(sock: socket.socket, request: str) -> tuple[bytes, bytes]:

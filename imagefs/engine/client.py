@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from ..errors import BrokenAnswer, EngineTimeout, EngineUnreachable, engine_error
-from . import bulkget
+from . import bulkget, messages
 from .address import Endpoint, EngineConfig
 from .flavor import DOCKER, Flavor, identify
 from .transport import Transport
@@ -36,14 +36,15 @@ def quote_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _mapped(request: str) -> Iterator[None]:
-    """httpx's exceptions become imagefs's: timeouts apart from every other transport failure."""
+def _mapped(request: str, endpoint: Endpoint) -> Iterator[None]:
+    """httpx's exceptions become imagefs's: timeouts apart from every other transport failure, which
+    the endpoint explains where it can (a certificate refused, what ssh said)."""
     try:
         yield
     except httpx.TimeoutException as exc:
         raise EngineTimeout(f"{request}: engine did not answer in time ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
-        raise EngineUnreachable(f"{request}: {type(exc).__name__}: {exc}") from exc
+        raise EngineUnreachable(f"{request}: {endpoint.explain(exc) or f'{type(exc).__name__}: {exc}'}") from exc
 
 
 def _error_message(body: bytes) -> str:
@@ -125,18 +126,18 @@ class Engine:
         return url, query, f"{method} {url}" + (f"?{query}" if query else "")
 
     async def _call(
-        self, method: str, path: str, params: dict[str, str] | None = None, versioned: bool = True,
-        mutation: bool = False,
+        self, method: str, path: str, params: Params | None = None, versioned: bool = True,
+        mutation: bool = False, headers: Mapping[str, str] | None = None, json_body: Any = None,
     ) -> Any:
         """One request and its JSON answer (None for an empty body, or in dry-run for a mutation)."""
         url, query, request = self._request(method, path, params, versioned)
         if mutation and self.config.dry_run:
-            log.warning("dry-run: would send %s", request)
+            log.warning("dry-run: would send %s%s", request, _shown(headers))
             return None
         if self.config.debug:
-            log.debug("engine request %s", request)
-        with _mapped(request):
-            resp = await self.client.request(method, url, params=query)
+            log.debug("engine request %s", request)  # headers never: they carry credentials
+        with _mapped(request, self.endpoint):
+            resp = await self.client.request(method, url, params=query, headers=headers, json=json_body)
         if resp.status_code >= 400:
             raise engine_error(resp.status_code, _error_message(resp.content), request)
         return _json(resp.content, request) if resp.content.strip() else None
@@ -152,11 +153,42 @@ class Engine:
             log.debug("engine request %s (stream)", request)
         timeout = httpx.Timeout(self.config.timeout, read=None)
         async with self._new_client(timeout) as client:
-            with _mapped(request):
+            with _mapped(request, self.endpoint):
                 async with client.stream("GET", url, params=query) as resp:
                     if resp.status_code >= 400:
                         raise engine_error(resp.status_code, _error_message(await resp.aread()), request)
                     yield resp
+
+    @contextlib.asynccontextmanager
+    async def post_stream(
+        self, path: str, params: Params, headers: Mapping[str, str] | None = None,
+        body: AsyncIterable[bytes] | None = None,
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """A POST answered by a message stream (pull, push, load, import, build), on a client of its own.
+
+        Entered once the engine has answered (for an upload: once the whole body is sent, or
+        when the engine refused it early); then the messages, until one reports a failure,
+        which is raised as the class its words say. A stream may be silent for at most
+        `stream_timeout`, and so may the engine while it takes the body. The body (an upload)
+        commits when its iterator ends and aborts the request when it raises.
+        """
+        url, query, request = self._request("POST", path, params)
+        if self.config.dry_run:
+            sent = sum([len(part) async for part in body]) if body is not None else 0  # an upload's writer ends
+            log.warning("dry-run: would send %s%s%s", request, _shown(headers), f" ({sent} bytes)" if body else "")
+            yield _nothing()
+            return
+        if self.config.debug:
+            log.debug("engine request %s (message stream)", request)  # headers never: they carry credentials
+        silence = self.config.stream_timeout
+        timeout = httpx.Timeout(self.config.timeout, read=silence, write=silence)
+        async with self._new_client(timeout) as client:
+            with _mapped(request, self.endpoint):
+                async with client.stream("POST", url, params=query, headers=headers, content=body) as resp:
+                    if resp.status_code >= 400:
+                        answer = _error_message(await resp.aread())
+                        raise messages.refined(engine_error(resp.status_code, answer, request))
+                    yield _messages(resp, request, self.endpoint)
 
     @contextlib.asynccontextmanager
     async def bulk_get(self, path: str, params: list[tuple[str, str]]) -> AsyncIterator[bulkget.Body]:
@@ -203,12 +235,40 @@ class Engine:
         async with self.stream("/events", [("filters", json.dumps(filters))]) as resp:
 
             async def decoded() -> AsyncIterator[dict[str, Any]]:
-                with _mapped("GET /events"):
+                with _mapped("GET /events", self.endpoint):
                     async for line in resp.aiter_lines():
                         if line.strip():
                             yield _event(line)
 
             yield decoded()
+
+
+async def _messages(resp: httpx.Response, request: str, endpoint: Endpoint) -> AsyncIterator[dict[str, Any]]:
+    decoder = messages.Decoder(request)
+    with _mapped(request, endpoint):
+        async for data in resp.aiter_raw():
+            for message in decoder.feed(data):
+                yield _checked(message, request)
+    for message in decoder.end():
+        yield _checked(message, request)
+
+
+async def _nothing() -> AsyncIterator[dict[str, Any]]:
+    """The messages of a stream that was not sent (dry-run)."""
+    for message in list[dict[str, Any]]():
+        yield message
+
+
+def _shown(headers: Mapping[str, str] | None) -> str:
+    """Headers as a log names them: never their values, which carry credentials."""
+    return f" (headers {', '.join(f'{name}: <redacted>' for name in headers)})" if headers else ""
+
+
+def _checked(message: dict[str, Any], request: str) -> dict[str, Any]:
+    failed = messages.failure(message)
+    if failed is not None:
+        raise messages.classed(failed, request)
+    return message
 
 
 def _event(line: str) -> dict[str, Any]:

@@ -113,16 +113,31 @@ class _Stream(httpcore.AsyncNetworkStream):
             below = below.transport_stream
         assert isinstance(below, trio.SocketStream), "endpoints make socket streams"
         self._socket = below.socket
+        self._broken: Exception | None = None  # how the stream first broke
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _failures(httpcore.ReadTimeout, httpcore.ReadError), _deadline(timeout):
+        with self._failures(httpcore.ReadTimeout, httpcore.ReadError), _deadline(timeout):
             data = await self._stream.receive_some(max_bytes)
         return bytes(data)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if buffer:
-            with _failures(httpcore.WriteTimeout, httpcore.WriteError), _deadline(timeout):
+            with self._failures(httpcore.WriteTimeout, httpcore.WriteError), _deadline(timeout):
                 await self._stream.send_all(buffer)
+
+    @contextlib.contextmanager
+    def _failures(self, timed_out: type[Exception], broken: type[Exception]) -> Iterator[None]:
+        """`_failures`, and a stream that broke before told with that first reason: httpcore sets a
+        failed write aside to read the answer, and trio's TLS stream then says only "broken"."""
+        try:
+            with _failures(timed_out, broken):
+                yield
+        except broken as exc:
+            if self._broken is None:
+                self._broken = exc
+            elif not str(exc):
+                raise broken(str(self._broken)) from self._broken
+            raise
 
     async def aclose(self) -> None:
         await self._stream.aclose()

@@ -89,7 +89,7 @@ class Operations(pyfuse3.Operations):
         attr.st_uid = self.uid if s.uid is None else s.uid
         attr.st_gid = self.gid if s.gid is None else s.gid
         attr.st_rdev = s.rdev
-        attr.st_blksize = 128 * 1024
+        attr.st_blksize = s.blksize
         attr.st_blocks = (s.size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = s.mtime * 1_000_000_000
         ttl = self.tree.entry_ttl
@@ -190,7 +190,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & WRITE_FLAGS and not node.writable:
             raise pyfuse3.FUSEError(errno.EROFS if self.tree.read_only else errno.EACCES)
-        handle = await node.open(flags)
+        handle = await node.open(flags, ctx.pid)
         if handle.refreshes:  # before the reply: the opener's first stat or read must ask again
             await self.kernel.refresh(inode)
         return self._file_info(inode, handle)
@@ -206,7 +206,7 @@ class Operations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         if self.tree.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
-        node, handle = await self._dir(parent_inode).create(os.fsdecode(name), flags)
+        node, handle = await self._dir(parent_inode).create(os.fsdecode(name), flags, ctx.pid)
         attr = await self._entry(node)
         self.inodes.remember(attr.st_ino, parent_inode, os.fsdecode(name))
         return self._file_info(attr.st_ino, handle), attr
@@ -235,10 +235,15 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.inodes.node(inode)
-        # Truncating a writable file to 0 is how `echo cmd > file` may begin; nothing else changes.
-        only_truncate = fields.update_size and attr.st_size == 0 and not (
-            fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime)
-        if not (only_truncate and isinstance(node, File) and node.writable):
+        # A writable file's size is all that changes: `echo cmd > file` truncates, a sparse `cp` extends;
+        # times are taken and ignored (`touch` of a new upload), owners and modes never change.
+        if fields.update_mode or fields.update_uid or fields.update_gid or not (
+                isinstance(node, File) and node.writable):
+            self._refuse()
+        handle = self.handles.get(fh) if fh is not None else None
+        if fields.update_size and isinstance(handle, Handle):
+            await handle.truncate(attr.st_size)
+        elif fields.update_size and attr.st_size:
             self._refuse()
         return self._attributes(inode, await node.stat())
 

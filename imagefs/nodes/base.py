@@ -16,10 +16,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+import cachetools
+import trio
+
+from ..activity import Activity
 from ..catalog import Catalog
 from ..errors import NotPermitted, ReadOnly
 from ..references import TreePath
 from ..spool.exports import Exports
+from ..uploads.service import Uploads
+
+SEARCH_TTL = 10.0  # seconds a search answer is kept: a lookup, then the read, then a second look
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class Stat:
     uid: int | None = None  # None: the mounting user
     gid: int | None = None
     rdev: int = 0
+    blksize: int = 128 * 1024  # the I/O size cp and cat choose for this file
 
 
 @dataclass
@@ -42,6 +50,11 @@ class Context:
     exports: Exports
     read_only: bool = False
     outcomes: dict[TreePath, str] = field(default_factory=dict)
+    activity: Activity = field(default_factory=Activity)  # long operations, for .imagefs/status
+    uploads: Uploads | None = None  # None: no load/, import/, build/ (a tree without a nursery for them)
+    # .imagefs/search answers by name: their bytes and when they were had, kept briefly
+    searches: cachetools.TTLCache[str, tuple[bytes, int]] = field(
+        default_factory=lambda: cachetools.TTLCache(256, SEARCH_TTL, timer=trio.current_time))
 
 
 class Node(ABC):
@@ -75,7 +88,8 @@ class Dir(Node):
     async def entries(self) -> list[tuple[str, Node]]:
         """The children readdir lists (hidden ones excepted)."""
 
-    async def create(self, name: str, flags: int) -> tuple[Node, Handle]:
+    async def create(self, name: str, flags: int, pid: int) -> tuple[Node, Handle]:
+        """A new file of that name, opened for the process `pid` (an upload watches its writer)."""
         raise NotPermitted(f"no file can be created in /{'/'.join(self.path)}")
 
 
@@ -85,7 +99,7 @@ class File(Node):
         return False
 
     @abstractmethod
-    async def open(self, flags: int) -> Handle: ...
+    async def open(self, flags: int, pid: int) -> Handle: ...
 
 
 class Handle(ABC):
@@ -101,6 +115,11 @@ class Handle(ABC):
 
     async def write(self, offset: int, data: bytes) -> int:
         raise ReadOnly("this file takes no writes")
+
+    async def truncate(self, size: int) -> None:
+        """ftruncate(2) of this open file by a writer: only to nothing (`echo cmd > file`)."""
+        if size:
+            raise NotPermitted("this file can only be truncated to nothing")
 
     async def flush(self) -> None:
         """close(2) of one descriptor: its errno is the caller's (a release's is lost)."""

@@ -32,7 +32,7 @@ class DocumentFile(File):
     async def stat(self) -> Stat:
         return Stat(st.S_IFREG | 0o444, len(self.data), self.mtime)
 
-    async def open(self, flags: int) -> Handle:
+    async def open(self, flags: int, pid: int) -> Handle:
         return BytesHandle(self.data, self._digest)
 
 

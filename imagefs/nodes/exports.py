@@ -56,7 +56,7 @@ class ExportFile(File):
     async def listing_stat(self) -> Stat:
         return await export_stat(self.ctx.exports.current(self.content), self.mtime, wait=False)
 
-    async def open(self, flags: int) -> Handle:
+    async def open(self, flags: int, pid: int) -> Handle:
         """Returns once the export is complete and verified (or fails with its error).
 
         The kernel may have been told size 0 (not known yet) by a lookup or listing, and with an

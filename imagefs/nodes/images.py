@@ -14,13 +14,18 @@ from dataclasses import dataclass
 from .. import controls, references
 from ..catalog import Image
 from ..references import TreePath
+from ..uploads import kinds
 from .base import Context, Dir, Node, Stat, dir_stat
 from .controls import ControlFile
 from .documents import image_document, version_document
 from .exports import ExportFile
+from .search import SearchDir
+from .status import StatusFile
+from .uploads import UploadDir
 
 RESERVED = ".imagefs"
 IDS = "ids"
+UPLOADS = (kinds.LOAD, kinds.IMPORT, kinds.BUILD)
 
 ImageFile = Callable[[Context, TreePath, Image, str], Awaitable[Node]]
 
@@ -47,8 +52,10 @@ def _control(name: str) -> ImageFile:
 # The files of every image directory, in listing order; `target` is what the engine calls the image.
 IMAGE_FILES: dict[str, ImageFile] = {
     "inspect": _inspect, "history": _history, "export.tar": _export, "tag": _control("tag"),
-    "delete": _control("delete"),
+    "delete": _control("delete"), "push": _control("push"),
 }
+# The engine-wide control files of .imagefs/.
+RESERVED_CONTROLS = ("prune", "pull", "commit", "build-prune")
 
 
 async def _children(dir_: Dir, names: list[str]) -> list[tuple[str, Node]]:
@@ -123,9 +130,15 @@ class ReservedDir(Dir):
             return IdsDir(self.ctx, path)
         if name == "version":
             return await version_document(self.ctx, path)
+        if name == "search":
+            return SearchDir(self.ctx, path)
+        if name in UPLOADS and self.ctx.uploads is not None:
+            return UploadDir(self.ctx, path, self.ctx.uploads, name)
         snap = await self.ctx.catalog.snapshot()
-        if name == "prune":
-            return ControlFile(self.ctx, path, controls.COMMANDS["prune"], "", None, snap.newest.get((), 0))
+        if name in RESERVED_CONTROLS:
+            return ControlFile(self.ctx, path, controls.COMMANDS[name], "", None, snap.newest.get((), 0))
+        if name == "status":
+            return StatusFile(self.ctx, path, snap.newest.get((), 0))
         if name == "all.tar":
             refs = {ref: image.id for ref, image in snap.by_ref.items() if "@" not in ref}
             if refs:  # no tagged image: nothing to export, no file
@@ -133,7 +146,8 @@ class ReservedDir(Dir):
         return None
 
     async def entries(self) -> list[tuple[str, Node]]:
-        return await _children(self, [IDS, "all.tar", "prune", "version"])
+        return await _children(self, sorted([IDS, "all.tar", *RESERVED_CONTROLS, "search", "status", "version",
+                                             *UPLOADS]))
 
 
 @dataclass

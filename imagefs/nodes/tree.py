@@ -26,7 +26,7 @@ class Tree:
         # none does, the adapter answers ENOSYS once and the kernel stops asking: otherwise `ls -l`
         # asks getxattr twice per entry (ACLs), and every close(2) costs a FLUSH round trip.
         self.xattrs = False
-        self.flushes = False
+        self.flushes = ctx.uploads is not None and not ctx.read_only  # an upload commits in close(2)
 
     @property
     def read_only(self) -> bool:

@@ -1,0 +1,1 @@
+"""Uploads: files whose written bytes stream into the engine (load, import, build)."""
