@@ -92,14 +92,16 @@ class Tag(Command):
         except ValueError as exc:
             raise BadCommand(str(exc)) from exc
 
-    async def send(self, engine: Engine, target: str, params: tuple[str, str], op: Operation | None) -> None:
+    async def send(self, engine: Engine, target: str, params: tuple[str, str], op: Operation | None) -> str:
+        """The new reference as the engine spells it, where the tree shows it (podman: in full)."""
         await engine.tag(target, *params)
+        return engine.flavor.spelled(":".join(params))
 
     def describe(self, target: str, params: tuple[str, str]) -> str:
         return f"tag {target} as {':'.join(params)}"
 
-    def report(self, target: str, params: tuple[str, str], answer: None) -> str:
-        return f"tagged {target} as {':'.join(params)}"
+    def report(self, target: str, params: tuple[str, str], answer: str) -> str:
+        return f"tagged {target} as {answer}"
 
 
 class Delete(Command):

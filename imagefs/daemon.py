@@ -123,11 +123,13 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
 
 
 async def _reach(engine: Engine, options: MountOptions) -> dict[str, Any]:
-    """The engine's /version, after choosing the API version: the mount's first calls."""
+    """The engine's /version, after choosing the API version and telling its flavor: the mount's first calls."""
     try:
         with trio.fail_after(options.engine.timeout):
             await engine.negotiate()
-            return engine.version_info or await engine.version()
+            version = engine.version_info or await engine.version()
+            await engine.identify(version)
+            return version
     except (ImagefsError, trio.TooSlowError) as exc:
         # The first call's failure may have lost the reason (a certificate refused): ask once more.
         refused = await engine.endpoint.diagnose(options.engine.timeout) if isinstance(exc, EngineUnreachable) else None

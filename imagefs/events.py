@@ -18,10 +18,6 @@ from .errors import ImagefsError
 log = logging.getLogger(__name__)
 
 FILTERS = {"type": ["image"]}
-# Actions that change no image, tag or digest: no reason to list the images again. A save comes with
-# every export (imagefs's own too), in the middle of it, where a refresh of a long list costs most.
-# (A push does change something: the image gains a repository digest.)
-UNCHANGING = frozenset({"save"})
 
 
 class EventFollower:
@@ -64,7 +60,10 @@ class EventFollower:
             self._dirty.set()  # catch up on whatever happened while the stream was down
             async for event in events:
                 log.debug("event %s %s", event.get("Action"), event.get("id"))
-                if event.get("Action") not in UNCHANGING:
+                # An action that changes no image, tag or digest (each engine names its own: flavor)
+                # needs no new list. A save comes with every export (imagefs's own too), in the middle
+                # of it, where a refresh of a long list costs most.
+                if event.get("Action") not in self.catalog.engine.flavor.unchanging:
                     self._dirty.set()
 
     async def _refresher(self) -> None:

@@ -3,14 +3,15 @@
 #   bash scripts/setup.sh            # FUSE, build tools, jq (the README's examples), the venv with imagefs
 #   bash scripts/setup.sh --engine   # also Debian's docker.io and busybox-static (a private engine)
 #   bash scripts/setup.sh --test     # also what the tests drive: docker.io, busybox-static, rsync, pv,
-#                                    # openssh-server and openssl (ssh:// and TLS engines)
+#                                    # openssh-server and openssl (ssh:// and TLS engines), podman,
+#                                    # and Debian 13's dockerd 26 unpacked into $IMAGEFS_DOCKER26
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv curl ca-certificates jq)
 case "${1:-}" in
   --engine) pkgs+=(docker.io busybox-static) ;;
-  --test) pkgs+=(docker.io busybox-static docker-registry rsync pv openssh-server openssl) ;;
+  --test) pkgs+=(docker.io busybox-static docker-registry rsync pv openssh-server openssl podman) ;;
 esac
 missing=()
 for p in "${pkgs[@]}"; do
@@ -20,6 +21,10 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ "${1:-}" == --test ]]; then
+  bash scripts/setup-docker26.sh
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

@@ -58,6 +58,8 @@ class Engine:
     """A private dockerd, driven through its CLI and its raw API (never through imagefs)."""
 
     root: Path
+    flavor: str = "docker20"  # which engine of private_engine.FLAVORS
+    api_path: str = "/v1.41"  # the API version `raw` speaks (the version imagefs picks with this engine)
 
     @property
     def host(self) -> str:
@@ -71,13 +73,18 @@ class Engine:
         return dict(os.environ, DOCKER_HOST=self.host, DOCKER_BUILDKIT="0")
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([private_engine.DOCKER, *args], env=self.env(), check=check,
+        return subprocess.run([private_engine.docker_cli(self.flavor), *args], env=self.env(), check=check,
                               capture_output=True, text=True, timeout=120)
 
-    def raw(self, method: str, path: str, timeout: float = 60) -> tuple[int, bytes]:
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The engine's own CLI, as its users drive it: docker, or podman (which spells `x:1` `localhost/x:1`)."""
+        command, env = private_engine.own_cli(self.root)
+        return subprocess.run([*command, *args], env=env, check=True, capture_output=True, text=True, timeout=120)
+
+    def raw(self, method: str, path: str, timeout: float = 60, api: str | None = None) -> tuple[int, bytes]:
         conn = _UnixConnection(self.sock, timeout)
         try:
-            conn.request(method, "/v1.41" + path)
+            conn.request(method, (self.api_path if api is None else api) + path)
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
@@ -87,6 +94,11 @@ class Engine:
         status, body = self.raw("GET", path)
         assert status == 200, (path, status, body)
         return json.loads(body)
+
+    def sample(self, name: str) -> str:
+        """A sample image's reference as this engine spells it (podman: `docker.io/library/hello:latest`)."""
+        (ref,) = [t for t in self.tags() if t == name or t.endswith("/" + name)]
+        return ref
 
     def tags(self) -> set[str]:
         return {t for image in self.api("/images/json") for t in image.get("RepoTags") or () if t != "<none>:<none>"}
@@ -143,6 +155,27 @@ def _new_engine(prefix: str, samples: bool) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
     yield from _new_engine("ifs-e-", samples=True)
+
+
+@pytest.fixture(scope="session", params=private_engine.MATRIX)
+def matrix_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """Each engine of the matrix in turn, with the sample images: dockerd 20.10 (the `engine`
+    fixture itself), dockerd 26, dockerd 26 as Docker 29.0 (containerd image store, API 1.44 at
+    least), podman."""
+    flavor = request.param
+    if flavor == "docker20":
+        yield request.getfixturevalue("engine")
+        return
+    missing = private_engine.missing(flavor)
+    if missing:
+        pytest.skip(f"{flavor}: {missing}")
+    root = Path(tempfile.mkdtemp(prefix=f"ifs-{flavor}-", dir="/tmp"))
+    try:
+        private_engine.start(root, samples=True, flavor=flavor)
+        floor = json.loads(Engine(root, flavor).raw("GET", "/version", api="")[1])["MinAPIVersion"]
+        yield Engine(root, flavor, api_path=f"/v{max(floor, '1.41', key=lambda v: tuple(map(int, v.split('.'))))}")
+    finally:
+        private_engine.stop(root)
 
 
 @pytest.fixture(scope="session")
@@ -316,7 +349,7 @@ def settled(m: Mount) -> None:
     From then on it asks the engine nothing of its own accord until an event comes, so a test can
     count the requests that what it does causes.
     """
-    catching_up = re.compile(r"following engine events\n(?:.*\n)*?.* engine request GET /v1\.41/images/json")
+    catching_up = re.compile(r"following engine events\n(?:.*\n)*?.* engine request GET /v1\.\d+/images/json")
     wait_for(lambda: catching_up.search(m.log_text()) is not None, timeout=10)
 
 
@@ -433,7 +466,7 @@ def mount(engine: Engine, tmp: Path, request: pytest.FixtureRequest) -> Iterator
 
 # --- tiers ----------------------------------------------------------------------------------------
 
-ENGINE_FIXTURES = {"engine", "second_engine", "registry", "auth_registry", "mount"}
+ENGINE_FIXTURES = {"engine", "second_engine", "matrix_engine", "registry", "auth_registry", "mount"}
 
 
 def _fuse_missing() -> str | None:

@@ -220,7 +220,7 @@ def test_a_dry_run_outcome_says_nothing_was_sent(name: str, target: str, text: s
 
 
 def test_reports_of_the_engines_answers() -> None:
-    assert Tag().report("a:1", ("b", "2"), None) == "tagged a:1 as b:2"
+    assert Tag().report("a:1", ("b", "2"), "b:2") == "tagged a:1 as b:2"
     assert Delete().report("a:1", {}, None) == "deleted a:1"  # an empty answer is no dry-run
     untagged = [{"Untagged": "a:1"}, {"Deleted": "sha256:0"}]
     assert Delete().report("a:1", {}, untagged) == "untagged a:1\ndeleted sha256:0"

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from imagefs.engine.flavor import DOCKER, DOCKER_CONTAINERD, PODMAN, Flavor
 from imagefs.spool.export import Content
-from imagefs.spool.exports import _manifest_problem
+from imagefs.spool.exports import _content_problem
 from imagefs.spool.sizes import MAX_SIZES, Sizes
 from imagefs.spool.store import Store, UnsafeCache, spool_name
 
@@ -148,17 +149,41 @@ def test_sizes_are_bounded_newest_last(tmp_path: Path) -> None:
 A, B = "a" * 64, "b" * 64
 
 
-@pytest.mark.parametrize(("manifest", "images", "right"), [
-    ([{"Config": f"{A}.json", "RepoTags": ["x:1"]}], (("x:1", A),), True),
-    ([{"Config": f"blobs/sha256/{A}", "RepoTags": ["x:1"]}], (("x:1", A),), True),  # Docker 25+'s OCI layout
-    ([{"Config": f"{A}.json", "RepoTags": None}], ((A, A),), True),  # by ID: no tags
-    ([{"Config": f"{B}.json", "RepoTags": ["x:1"]}], (("x:1", A),), False),  # the tag moved meanwhile
-    ([{"Config": f"{A}.json", "RepoTags": ["x:1"]}, {"Config": f"{B}.json", "RepoTags": ["y:1"]}],
-     (("x:1", A), ("y:1", B)), True),
-    ([{"Config": f"{A}.json", "RepoTags": ["x:1", "y:1"]}], (("x:1", A), ("y:1", B)), False),
-    ("not a list", (("x:1", A),), False),
+def manifest(*entries: tuple[str, list[str] | None]) -> dict[str, bytes]:
+    return {"manifest.json": json.dumps([{"Config": c, "RepoTags": t} for c, t in entries]).encode()}
+
+
+def index(*entries: tuple[str, str | None], config: str = "c" * 64) -> dict[str, bytes]:
+    """A containerd-store save: index.json names the IDs; manifest.json names configs that are not."""
+    listed = [{"digest": f"sha256:{d}", "annotations": {"io.containerd.image.name": n} if n else {}}
+              for d, n in entries]
+    return {"index.json": json.dumps({"manifests": listed}).encode(),
+            **manifest(*((f"blobs/sha256/{config}", [n] if n else None) for _, n in entries))}
+
+
+@pytest.mark.parametrize(("flavor", "members", "images", "right"), [
+    (DOCKER, manifest((f"{A}.json", ["x:1"])), (("x:1", A),), True),
+    (DOCKER, manifest((f"blobs/sha256/{A}", ["x:1"])), (("x:1", A),), True),  # Docker 25+'s OCI layout
+    (DOCKER, manifest((f"{A}.json", None)), ((A, A),), True),  # by ID: no tags
+    (DOCKER, manifest((f"{B}.json", ["x:1"])), (("x:1", A),), False),  # the tag moved meanwhile
+    (DOCKER, manifest((f"{A}.json", ["x:1"]), (f"{B}.json", ["y:1"])), (("x:1", A), ("y:1", B)), True),
+    (DOCKER, manifest((f"{A}.json", ["x:1", "y:1"])), (("x:1", A), ("y:1", B)), False),
+    (DOCKER, {"manifest.json": b'"not a list"'}, (("x:1", A),), False),
+    (DOCKER, {}, (("x:1", A),), False),
+    (PODMAN, manifest((f"{A}.json", ["docker.io/library/x:1"])), (("docker.io/library/x:1", A),), True),
+    (PODMAN, manifest((f"{A}.json", ["localhost/x:1"])), (("localhost/x:1", A),), True),
+    (PODMAN, manifest((f"{A}.json", ["localhost/x:1"])), (("localhost/x:1", B),), False),
+    (DOCKER_CONTAINERD, index((A, "docker.io/library/x:1")), (("x:1", A),), True),
+    (DOCKER_CONTAINERD, index((A, "docker.io/library/x:1")), (("docker.io/library/x:1", A),), True),
+    (DOCKER_CONTAINERD, index((A, None)), ((A, A),), True),
+    (DOCKER_CONTAINERD, index((A, "docker.io/library/x:1"), (B, "docker.io/me/y:1")), (("x:1", A), ("me/y:1", B)),
+     True),
+    (DOCKER_CONTAINERD, index((B, "docker.io/library/x:1")), (("x:1", A),), False),  # the tag moved
+    (DOCKER_CONTAINERD, manifest((f"blobs/sha256/{A}", ["x:1"])), (("x:1", A),), False),  # no index.json
+    (DOCKER, index((A, "docker.io/library/x:1"), config=B), (("x:1", A),), False),  # the config is no ID
 ])
-def test_an_export_must_hold_the_images_it_was_asked_for(manifest: object, images: tuple, right: bool) -> None:
+def test_an_export_must_hold_the_images_it_was_asked_for(flavor: Flavor, members: dict[str, bytes],
+                                                          images: tuple, right: bool) -> None:
     content = Content("k", "/images/get", (), images)
-    problem = _manifest_problem(json.dumps(manifest).encode(), content)
+    problem = _content_problem(flavor, members, content)
     assert (problem is None) == right, problem

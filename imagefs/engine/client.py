@@ -20,6 +20,7 @@ import httpx
 from ..errors import BrokenAnswer, EngineTimeout, EngineUnreachable, engine_error
 from . import bulkget, messages
 from .address import Endpoint, EngineConfig
+from .flavor import DOCKER, Flavor, identify
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class Engine:
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False)
     # The /version answer `negotiate` read (None when the path was pinned): the mount needs it too.
     version_info: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    # Which engine answers (`identify`): what the mount does differently for it.
+    flavor: Flavor = field(default=DOCKER, init=False)
     endpoint: Endpoint = field(init=False, repr=False)
     _client: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
 
@@ -108,6 +111,12 @@ class Engine:
         self.api_path = "/v" + ".".join(map(str, chosen))
         log.info("engine %s speaks API %s..%s; using %s", self.config.host, oldest, newest, self.api_path)
         return self.api_path
+
+    async def identify(self, version: dict[str, Any]) -> Flavor:
+        """Tell the engine's flavor from its /version (given) and /info."""
+        self.flavor = identify(version, await self._call("GET", "/info"))
+        log.info("engine %s is %s %s", self.config.host, self.flavor.name, version.get("Version", "?"))
+        return self.flavor
 
     def _request(self, method: str, path: str, params: Params | None = None,
                  versioned: bool = True) -> tuple[str, httpx.QueryParams, str]:

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import re
 
 import trio
 
 from .. import tarcheck
-from ..engine import Engine, quote_name
+from ..engine import Engine, Flavor, quote_name
+from ..engine.flavor import SAVE_INDEXES, normalized, save_name
 from ..errors import Closing, ExportBroken, ImagefsError, SpoolError
 from .export import Content, Export, State
 from .reader import Reader
@@ -32,8 +31,6 @@ from .sizes import Sizes
 from .store import Store, UnsafeCache, spool_name
 
 log = logging.getLogger(__name__)
-
-_IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class Exports:
@@ -55,7 +52,7 @@ class Exports:
 
     def for_image(self, image_id: str, target: str) -> Content:
         key = f"{self.identity} {image_id} {target}"
-        return Content(key, f"/images/{quote_name(target)}/get", (), ((target, image_id),))
+        return Content(key, f"/images/{quote_name(save_name(target))}/get", (), ((target, image_id),))
 
     def for_all(self, refs: dict[str, str]) -> Content:
         images = tuple(sorted(refs.items()))
@@ -155,12 +152,12 @@ class Exports:
         def read(offset: int, n: int) -> bytes:
             return os.pread(export.fd, n, offset)
 
-        walk = await trio.to_thread.run_sync(tarcheck.walk, read, export.size, frozenset({"manifest.json"}))
+        walk = await trio.to_thread.run_sync(tarcheck.walk, read, export.size, SAVE_INDEXES)
         names = " ".join(export.content.names)
         if walk.problem:
             raise ExportBroken(f"export of {names} is not a whole tar archive after {export.size} bytes: "
                                f"{walk.problem} (cut short, or an error inside the stream?)")
-        problem = _manifest_problem(walk.kept.get("manifest.json"), export.content)
+        problem = _content_problem(self.engine.flavor, walk.kept, export.content)
         if problem:
             raise ExportBroken(f"export of {names}: {problem}")
         if export.expected is not None and export.expected != export.size:
@@ -257,24 +254,17 @@ def _discard(store: Store, export: Export) -> None:
             os.ftruncate(export.fd, 0)
 
 
-def _manifest_problem(manifest: bytes | None, content: Content) -> str | None:
-    """Whether the archive holds exactly the images asked for, each under its reference."""
+def _content_problem(flavor: Flavor, members: dict[str, bytes], content: Content) -> str | None:
+    """Whether the archive holds exactly the images asked for, each under its reference (how a save
+    says which images it holds depends on the engine: flavor)."""
     try:
-        entries = json.loads(manifest or b"")
-        configs = {m["Config"]: tuple(m.get("RepoTags") or ()) for m in entries}
-    except (ValueError, TypeError, KeyError):
-        return "no readable manifest.json"
-    held: dict[str, str] = {}
-    ids = set()
-    for config, tags in configs.items():
-        found = _IMAGE_ID.search(config)
-        if found is None:
-            return f"manifest.json names no image ID in {config[:80]!r}"
-        ids.add(found[0])
-        held.update((tag, found[0]) for tag in tags)
+        saved = flavor.saved(members)
+    except ValueError as exc:
+        return str(exc)
+    held = {ref: image_id for image_id, refs in saved.items() for ref in refs}
     wanted = {image_id for _, image_id in content.images}
-    moved = [ref for ref, image_id in content.images if held.get(ref, image_id) != image_id]
-    if ids != wanted or moved:
-        return (f"it holds image(s) {' '.join(sorted(i[:12] for i in ids))}, not "
+    moved = [ref for ref, image_id in content.images if held.get(normalized(ref), image_id) != image_id]
+    if saved.keys() != wanted or moved:
+        return (f"it holds image(s) {' '.join(sorted(i[:12] for i in saved))}, not "
                 f"{' '.join(sorted(i[:12] for i in wanted))}: a tag moved while the engine saved it")
     return None
