@@ -247,7 +247,7 @@ def main() -> None:
         sys.exit(0 if reachable(args.root) else 1)
     root = Path(args.root).absolute()
     if args.action == "start":
-        print(start(root, args.samples, args.flavor))
+        print(start(root, args.samples, flavor=args.flavor))
     elif args.action == "samples":
         build_samples(root)
     else:

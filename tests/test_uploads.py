@@ -282,7 +282,7 @@ def test_read_only_and_dry_run(engine: Engine, tmp: Path) -> None:
     with mounted(engine, tmp / "dry", "--dry-run", expect=[r"dry-run: would send POST /images/create\?fromSrc=-"]) as m:
         assert sh(f"cp {tmp}/s.tar {m.path}/.imagefs/import/dry:1").returncode == 0
         record = (m.path / ".imagefs/import/dry:1").read_text()
-        assert "dry-run: would send POST /images/create?fromSrc=-&repo=dry&tag=1 with 10240 bytes" in record
+        assert "dry-run: would send POST /images/create?fromSrc=-&repo=dry:1 with 10240 bytes" in record
     assert engine.image_ids() == before
 
 
@@ -373,3 +373,26 @@ def test_a_build_from_a_private_image_sends_the_clis_credentials(engine: Engine,
         done = sh(f"cp {tmp}/ctx.tar {m.path}/.imagefs/build/acme/fromprivate:2,pull")
         assert done.returncode == 0, done.stderr + (m.path / ".imagefs/build/acme/fromprivate:2").read_text()
     assert "acme/fromprivate:2" in engine.tags() and "acme/fromprivate:1" not in engine.tags()
+
+
+def test_import_build_and_load_on_every_engine(matrix_engine: Engine, tmp: Path) -> None:
+    """The three uploads against dockerd 20.10, 26 (also as Docker 29, containerd store) and podman."""
+    e = matrix_engine
+    refs = ["upm/imp:1", "upm/bld:1"]
+    (tmp / "rootfs.tar").write_bytes(rootfs_tar({"etc/imported": b"yes\n"}))
+    (tmp / "ctx.tar").write_bytes(context_tar("FROM scratch\nCOPY f /f\n", {"f": b"built\n"}))
+    try:
+        with mounted(e, tmp) as m:
+            up = m.path / ".imagefs"
+            for what, target in (("rootfs.tar", "import/upm/imp:1"), ("ctx.tar", "build/upm/bld:1")):
+                done = sh(f"cp {tmp}/{what} {up}/{target}")
+                assert done.returncode == 0, done.stderr + (up / target).read_text()
+            ids = {ref: e.api(f"/images/{ref}/json")["Id"] for ref in refs}
+            (tmp / "both.tar").write_bytes(e.save(refs[0]))
+            e.docker("rmi", refs[0])
+            done = sh(f"cp {tmp}/both.tar {up}/load/")
+            assert done.returncode == 0, done.stderr + (up / "load/both.tar").read_text()
+            assert e.api(f"/images/{refs[0]}/json")["Id"] == ids[refs[0]]
+    finally:
+        for ref in refs:
+            e.docker("rmi", "-f", ref, check=False)

@@ -79,7 +79,8 @@ def request(kind: str, prefix: TreePath, name: str) -> Request:
         raise BadCommand(f"{ref!r} is not an image reference: {exc}") from exc
     ref = f"{repo}:{tag}"
     if kind == IMPORT:
-        params = [("fromSrc", "-"), ("repo", repo), ("tag", tag), *_options(IMPORT_OPTIONS, options)]
+        # The tag inside `repo`, which the API allows: podman's compat API ignores a separate `tag`.
+        params = [("fromSrc", "-"), ("repo", ref), *_options(IMPORT_OPTIONS, options)]
         return Request(IMPORT, ref, "/images/create", tuple(params))
     params = [("t", ref), ("version", "1"), ("rm", "1"), *_options(BUILD_OPTIONS, options)]
     return Request(BUILD, ref, "/build", tuple(_merge_maps(params)))
