@@ -30,7 +30,8 @@ from .archive import Archive, Malformed
 
 log = logging.getLogger(__name__)
 
-QUEUED = 16  # writes the body may hold ahead of the engine (each at most the kernel's 1 MiB)
+QUEUED = 16  # chunks the body may hold ahead of the engine
+CHUNK = 1 << 20  # bytes gathered from writes before they go to the body (the kernel's largest write)
 WATCH = 0.2  # seconds between looks at the writer while it waits
 HOLE_PIECE = 1 << 20
 
@@ -63,6 +64,7 @@ class Upload:
     error: ImagefsError | None = None
     op: Operation | None = None
     created: float = field(default_factory=time.time)
+    _gathered: bytearray = field(default_factory=bytearray)
     _lock: trio.Lock = field(default_factory=trio.Lock)
     _answered: trio.Event = field(default_factory=trio.Event)
     _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -125,6 +127,7 @@ class Upload:
                 self._end(State.DONE, f"dry-run: would send {self.request.line()} with {self.sent} bytes; nothing sent")
                 log.warning("dry-run: would send %s with a %d-byte body", self.request.line(), self.sent)
                 return
+            await self._send_gathered()
             self.state = State.COMMITTING
             self._send.close()  # the body ends here: the terminating chunk, the engine's go
             await self._watching(self._answered.wait, "while the engine finished the upload")
@@ -191,12 +194,22 @@ class Upload:
             raise await self._abort(str(exc), BadUpload(f"{self.request.target}: {exc}")) from None
 
     async def _put(self, body: bytes) -> None:
-        if self.dry_run:
-            self.sent += len(body)
+        """Take a write: gathered until a chunk is worth the body's machinery (tar writes 10 KiB records)."""
+        self._gathered += body
+        if len(self._gathered) >= CHUNK:
+            await self._send_gathered()
+        self.sent += len(body)
+        if self.op is not None:
+            self.op.facts["bytes"] = str(self.sent)
+            self.activity.note(self.op)  # the status journal: a line a second at most
+
+    async def _send_gathered(self) -> None:
+        chunk, self._gathered = bytes(self._gathered), bytearray()
+        if self.dry_run or not chunk:
             return
 
         async def send() -> None:
-            await self._send.send(body)
+            await self._send.send(chunk)
 
         try:
             await self._watching(send, "while the engine took the upload")
@@ -206,10 +219,6 @@ class Upload:
             error = self.error or EngineFailed(500, "the engine ended the request early", self.request.line())
             self._end(State.FAILED, f"error: {getattr(error, 'message', None) or error}")
             raise error from None
-        self.sent += len(body)
-        if self.op is not None:
-            self.op.facts["bytes"] = str(self.sent)
-            self.activity.note(self.op)  # the status journal: a line a second at most
 
     async def _watching(self, wait: Callable[[], Awaitable[None]], doing: str) -> None:
         """`wait()`, given up (and the upload aborted) if the writer is asked to stop meanwhile."""
