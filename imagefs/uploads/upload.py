@@ -195,9 +195,12 @@ class Upload:
 
     async def _put(self, body: bytes) -> None:
         """Take a write: gathered until a chunk is worth the body's machinery (tar writes 10 KiB records)."""
-        self._gathered += body
-        if len(self._gathered) >= CHUNK:
-            await self._send_gathered()
+        if not self._gathered and len(body) >= CHUNK:  # a big write (cp, dd): no copy
+            await self._send_chunk(body)
+        else:
+            self._gathered += body
+            if len(self._gathered) >= CHUNK:
+                await self._send_gathered()
         self.sent += len(body)
         if self.op is not None:
             self.op.facts["bytes"] = str(self.sent)
@@ -205,6 +208,9 @@ class Upload:
 
     async def _send_gathered(self) -> None:
         chunk, self._gathered = bytes(self._gathered), bytearray()
+        await self._send_chunk(chunk)
+
+    async def _send_chunk(self, chunk: bytes) -> None:
         if self.dry_run or not chunk:
             return
 
