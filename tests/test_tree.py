@@ -232,3 +232,13 @@ def test_config_file_and_flags(engine: Engine, tmp: Path) -> None:
         with pytest.raises(OSError) as info:
             (m / "hello:latest/tag").write_text("x:1\n")
         assert info.value.errno == errno.EROFS
+
+
+def test_ls_l_asks_no_extended_attribute_per_entry(engine: Engine, tmp: Path) -> None:
+    """`ls -l` asks for SELinux labels and ACLs; ENOTSUP makes it stop asking for the whole mount."""
+    with mounted(engine, tmp, "--debug") as m:
+        entries = len(os.listdir(m.path / ".imagefs/ids"))
+        assert entries >= 4
+        run("ls", "-l", str(m.path / ".imagefs/ids"))
+        asked = [line for line in m.log_text().splitlines() if "getxattr(" in line]
+    assert len(asked) <= 3, asked
