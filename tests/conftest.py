@@ -506,6 +506,12 @@ def dead(path: Path) -> bool:
     return False
 
 
+def interruptible() -> None:
+    """A child's SIGINT as a terminal gives it (preexec_fn): a test run in the background (`cmd &`
+    from a script) inherits SIGINT ignored, and Ctrl-C would then never reach the writer."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> float:
     """Poll until predicate() is true; the seconds it took. Fails the test on timeout."""
     start = time.monotonic()

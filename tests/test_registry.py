@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-from conftest import AuthRegistry, Engine, _UnixConnection, login, mounted, pretty, wait_for
+from conftest import AuthRegistry, Engine, _UnixConnection, interruptible, login, mounted, pretty, wait_for
 from test_control_files import build, engine_requests, write
 
 
@@ -277,7 +277,8 @@ def test_ctrl_c_cancels_a_pull(engine: Engine, tmp: Path) -> None:
         with mounted(engine, tmp) as m:
             pull = m / ".imagefs/pull"
             cancelled = pulls_cancelled(engine)
-            writer = subprocess.Popen(["sh", "-c", f"echo {registry.address}/stalls/here:2 > '{pull}'"])
+            writer = subprocess.Popen(["sh", "-c", f"echo {registry.address}/stalls/here:2 > '{pull}'"],
+                                      preexec_fn=interruptible)
             try:
                 wait_for(lambda: "running:" in pull.read_text(), timeout=10)
                 writer.send_signal(signal.SIGINT)

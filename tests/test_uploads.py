@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AuthRegistry, Engine, login, mount_imagefs, mounted, unmount, wait_for
+from conftest import AuthRegistry, Engine, interruptible, login, mount_imagefs, mounted, unmount, wait_for
 
 ABORTED = r"upload .* aborted after \d+ bytes"  # the daemon's warning for every upload it ends itself
 REFUSED = r"(flush|write): (BadParameter|EngineFailed|NoSuchImage): "  # an engine's refusal, passed on
@@ -293,6 +293,7 @@ def test_ctrl_c_while_the_engine_builds_cancels_the_build(engine: Engine, tmp: P
         with mounted(engine, tmp, expect=[ABORTED]) as m:
             record = m.path / ".imagefs/build/acme/sleepy:1"
             writer = subprocess.Popen(["cp", str(tmp / "ctx.tar"), f"{record},network=none"], stderr=subprocess.PIPE,
+                                      preexec_fn=interruptible,
                                       text=True)
             wait_for(lambda: record.exists() and "Step 2/2 : RUN sleep 30" in record.read_text(), timeout=60)
             writer.send_signal(signal.SIGINT)
