@@ -190,10 +190,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & WRITE_FLAGS and not node.writable:
             raise pyfuse3.FUSEError(errno.EROFS if self.tree.read_only else errno.EACCES)
-        handle = await node.open(flags, ctx.pid)
-        if handle.refreshes:  # before the reply: the opener's first stat or read must ask again
-            await self.kernel.refresh(inode)
-        return self._file_info(inode, handle)
+        return self._file_info(inode, await node.open(flags, ctx.pid))
 
     def _file_info(self, inode: int, handle: Handle) -> pyfuse3.FileInfo:
         keep = handle.cacheable and self._versions.get(inode) == handle.version

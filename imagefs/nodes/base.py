@@ -98,9 +98,6 @@ class Handle(ABC):
     """One open file. It reads what it opened: no lookup, catalog or engine call on its read path."""
 
     cacheable = True  # the kernel may serve reads from its page cache
-    # The kernel may hold older attributes of this inode than this open found (a size that became
-    # known meanwhile): the adapter has it ask again before any read.
-    refreshes = False
 
     @abstractmethod
     async def read(self, offset: int, size: int) -> bytes | memoryview: ...
