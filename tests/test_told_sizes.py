@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import Engine
+from conftest import Engine, Mount, wait_for
 from test_ops import CTX, Ops, run
 
 
@@ -34,3 +34,13 @@ def test_an_inode_told_0_is_read_directly_and_the_known_size_is_another_inode(en
         assert await t.cat(unknown.st_ino) == await t.cat(known.st_ino) == expected
 
     run(engine, tmp / "cache", test)
+
+
+def test_after_a_first_export_the_name_leads_to_the_inode_told_its_size(engine: Engine, mount: Mount) -> None:
+    path = mount.path / "hello:latest" / "export.tar"
+    unknown = os.stat(path)
+    assert unknown.st_size == 0
+    data = path.read_bytes()
+    assert data == engine.save("hello:latest")
+    wait_for(lambda: os.stat(path).st_ino != unknown.st_ino)  # its opener had the kernel forget the name
+    assert os.stat(path).st_size == len(data)

@@ -190,7 +190,10 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & WRITE_FLAGS and not node.writable:
             raise pyfuse3.FUSEError(errno.EROFS if self.tree.read_only else errno.EACCES)
-        return self._file_info(inode, await node.open(flags, ctx.pid))
+        handle = await node.open(flags, ctx.pid)
+        if handle.relookup:  # queued, not awaited: forgetting a name takes its directory's lock
+            self.kernel.invalidate_soon(Invalidation(frozenset({node.path}), frozenset()))
+        return self._file_info(inode, handle)
 
     def _file_info(self, inode: int, handle: Handle) -> pyfuse3.FileInfo:
         keep = handle.cacheable and self._versions.get(inode) == handle.version

@@ -12,7 +12,8 @@ change of the inode (an invalidation, another reply) and then reads up to the
 size it holds: an inode a lookup told 0 may read as empty whatever it is told
 later. So the size a node was looked up with is part of its key: once the size is
 known, a lookup leads to another inode, served through the page cache; the inode
-told 0 is read with direct I/O, which ends where the spool ends.
+told 0 is read with direct I/O, which ends where the spool ends, and its opener has
+the kernel forget the name, so that the next one finds the other inode.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class ExportFile(File):
         except BaseException:
             await self.ctx.exports.release(export)
             raise
-        return ExportHandle(self.ctx.exports, export, cacheable=self.told.size > 0)
+        told = self.told.size > 0
+        return ExportHandle(self.ctx.exports, export, cacheable=told, relookup=not told)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class ExportHandle(Handle):
     exports: Exports
     export: Export
     cacheable: bool = True
+    relookup: bool = False  # opened through the inode told 0: the size is known now, another inode has it
 
     async def read(self, offset: int, size: int) -> memoryview:
         return await self.exports.read(self.export, max(0, min(size, self.export.size - offset)), offset)
