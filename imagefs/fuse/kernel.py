@@ -30,13 +30,6 @@ class Kernel:
         self.notify = notify or _notify  # what tells the kernel (a test without a mount records instead)
         self._send, self._pending = trio.open_memory_channel[tuple[Invalidation | None, trio.Event]](math.inf)
 
-    async def refresh(self, ino: int) -> None:
-        """Have the kernel ask for this inode's attributes at its next stat or read, whatever it holds.
-
-        Attributes only: that takes no lock an open in progress holds, so a handler may wait for it.
-        """
-        await trio.to_thread.run_sync(self.notify, [], [ino])
-
     def invalidate_soon(self, what: Invalidation | None) -> trio.Event:
         """Queue what to forget (None: everything); the event is set once the kernel has."""
         done = trio.Event()

@@ -195,8 +195,8 @@ class Operations(pyfuse3.Operations):
         if flags & WRITE_FLAGS and not node.writable:
             raise pyfuse3.FUSEError(errno.EROFS if self.tree.read_only else errno.EACCES)
         handle = await node.open(flags, ctx.pid)
-        if handle.refreshes:  # before the reply: the opener's first stat or read must ask again
-            await self.kernel.refresh(inode)
+        if handle.relookup:  # queued, not awaited: forgetting a name takes its directory's lock
+            self.kernel.invalidate_soon(Invalidation(frozenset({node.path}), frozenset()))
         return self._file_info(inode, handle)
 
     def _file_info(self, inode: int, handle: Handle) -> pyfuse3.FileInfo:

@@ -112,9 +112,9 @@ class Handle(ABC):
     """One open file. It reads what it opened: no lookup, catalog or engine call on its read path."""
 
     cacheable = True  # the kernel may serve reads from its page cache
-    # The kernel may hold older attributes of this inode than this open found (a size that became
-    # known meanwhile): the adapter has it ask again before any read.
-    refreshes = False
+    # A lookup of this node's path now leads to another inode (one told the size this open found):
+    # the adapter has the kernel forget the names it holds, so that the next opener gets that one.
+    relookup = False
 
     @abstractmethod
     async def read(self, offset: int, size: int) -> bytes | memoryview: ...
