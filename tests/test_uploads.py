@@ -382,8 +382,10 @@ def test_import_build_and_load_on_every_engine(matrix_engine: Engine, tmp: Path)
     refs = ["upm/imp:1", "upm/bld:1"]
     (tmp / "rootfs.tar").write_bytes(rootfs_tar({"etc/imported": b"yes\n"}))
     (tmp / "ctx.tar").write_bytes(context_tar("FROM scratch\nCOPY f /f\n", {"f": b"built\n"}))
+    # podman's image list fails (500, "image not known") while an rmi it is doing is under way
+    racing = [r"refresh after events failed: .* 500 .*image not known"] if e.flavor == "podman" else []
     try:
-        with mounted(e, tmp) as m:
+        with mounted(e, tmp, expect=racing) as m:
             up = m.path / ".imagefs"
             for what, target in (("rootfs.tar", "import/upm/imp:1"), ("ctx.tar", "build/upm/bld:1")):
                 done = sh(f"cp {tmp}/{what} {up}/{target}")
@@ -397,3 +399,28 @@ def test_import_build_and_load_on_every_engine(matrix_engine: Engine, tmp: Path)
     finally:
         for ref in refs:
             e.docker("rmi", "-f", ref, check=False)
+
+
+def test_junk_after_a_whole_archive_creates_nothing_on_any_engine(matrix_engine: Engine, tmp: Path) -> None:
+    """dockerd 26 imports a tar whose end marker it has read, even if the body is then cut: the
+    marker must not reach the engine before the commit."""
+    e = matrix_engine
+    if e.flavor == "podman":
+        # Measured: podman 4.3 imports whatever body an aborted request brought, even one cut at a
+        # tar member boundary. Only sending nothing before the commit (a local spool) can help there.
+        pytest.xfail("podman keeps the body of an aborted import")
+    whole = rootfs_tar({"big": os.urandom(2_000_000)})
+    with mounted(e, tmp, expect=[ABORTED]) as m:
+        fd = os.open(m.path / ".imagefs/import/upm/junk:1", os.O_WRONLY | os.O_CREAT)
+        try:
+            os.write(fd, whole)  # one write: sent at once, less what is held back
+            time.sleep(1)  # the engine reads what it was sent
+            with pytest.raises(OSError) as refused:
+                os.write(fd, b"not a tar" * 100)
+            assert refused.value.errno == errno.EINVAL
+        finally:
+            with pytest.raises(OSError):
+                os.close(fd)
+    time.sleep(1)
+    status, _ = e.raw("GET", "/images/upm/junk:1/json")
+    assert status == 404

@@ -78,6 +78,7 @@ class Tar:
     _longname: str | None = None
     member: str = ""  # the last member begun, for messages
     tail: int = -1  # zero bytes from the end-of-archive marker on (-1: not reached)
+    marker_at: int | None = None  # where in the tar stream the end-of-archive marker begins
 
     @property
     def complete(self) -> bool:
@@ -120,7 +121,7 @@ class Tar:
     def _on_header(self, header: bytes, at: int) -> None:
         self.offset += BLOCK
         if header == bytes(BLOCK):
-            self.tail = BLOCK
+            self.tail, self.marker_at = BLOCK, at
             return
         problem = checksum_problem(header)
         if problem:

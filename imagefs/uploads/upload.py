@@ -65,6 +65,7 @@ class Upload:
     op: Operation | None = None
     created: float = field(default_factory=time.time)
     _gathered: bytearray = field(default_factory=bytearray)
+    _held: bytearray = field(default_factory=bytearray)  # the end-of-archive marker on, until the commit
     _lock: trio.Lock = field(default_factory=trio.Lock)
     _answered: trio.Event = field(default_factory=trio.Event)
     _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -102,10 +103,30 @@ class Upload:
     async def _send_checked(self, body: bytes) -> None:
         if not body:
             return  # an empty chunk would end the body: the engine's go
+        start, reached = self.archive.written, self.archive.tar.tail >= 0
         await self._check(body)
         if self.state is State.OPEN:
             self._start()
-        await self._put(body)
+        keep = self._before_marker(start, len(body), reached)
+        if keep < len(body):
+            self._held += body[keep:]
+            self.sent += len(body) - keep
+        await self._put(body[:keep] if keep < len(body) else body)
+
+    def _before_marker(self, start: int, n: int, reached: bool) -> int:
+        """How much of a write may go to the engine now: nothing from the end-of-archive marker on.
+
+        dockerd 26 imports a tar whose marker it has read even when the body is then cut off, so
+        the marker is held back until the commit, and an abort still leaves the engine nothing.
+        """
+        tar = self.archive.tar
+        if self._held or (reached and self.archive.codec is not None):
+            return 0
+        if tar.marker_at is None:
+            return n
+        if self.archive.codec is not None:  # the marker came out of this write's inflated bytes
+            return 0
+        return max(0, min(n, tar.marker_at - start))
 
     async def finish(self) -> None:
         """The writer closed a descriptor: commit if the archive is whole, abort if not, say how it went."""
@@ -128,6 +149,7 @@ class Upload:
                 log.warning("dry-run: would send %s with a %d-byte body", self.request.line(), self.sent)
                 return
             await self._send_gathered()
+            await self._send_chunk(bytes(self._held))
             self.state = State.COMMITTING
             self._send.close()  # the body ends here: the terminating chunk, the engine's go
             await self._watching(self._answered.wait, "while the engine finished the upload")
@@ -251,10 +273,13 @@ class Upload:
         """End the request mid-body, so that the engine creates nothing, and wait until it is gone;
         `error` is what the writer is told, now and at every later write or close."""
         self.error = error
+        committed = self.state is State.COMMITTING
         self._scope.cancel()
         if self.state in (State.SENDING, State.COMMITTING) and not self.dry_run:
             await self._answered.wait()  # cancelled, the request ends at once
-        self._end(State.ABORTED, f"aborted: {why}; nothing was created")
+        # Once the body has ended, the engine has all it needs: closing the connection may be too late.
+        after = "the engine had the whole archive and may have made the image" if committed else "nothing was created"
+        self._end(State.ABORTED, f"aborted: {why}; {after}")
         log.warning("upload %s aborted after %d bytes: %s", self.request.target, self.archive.written, why)
         return error
 
