@@ -288,20 +288,20 @@ def test_read_only_and_dry_run(engine: Engine, tmp: Path) -> None:
 
 def test_ctrl_c_while_the_engine_builds_cancels_the_build(engine: Engine, tmp: Path, cleanup: list[str]) -> None:
     cleanup.append("acme/sleepy:1")
-    (tmp / "ctx.tar").write_bytes(context_tar("FROM busybox:latest\nRUN sleep 30\n"))
+    (tmp / "ctx.tar").write_bytes(context_tar("FROM busybox:latest\nRUN sleep 4\n"))
     try:
         with mounted(engine, tmp, expect=[ABORTED]) as m:
             record = m.path / ".imagefs/build/acme/sleepy:1"
             writer = subprocess.Popen(["cp", str(tmp / "ctx.tar"), f"{record},network=none"], stderr=subprocess.PIPE,
                                       preexec_fn=interruptible,
                                       text=True)
-            wait_for(lambda: record.exists() and "Step 2/2 : RUN sleep 30" in record.read_text(), timeout=60)
+            wait_for(lambda: record.exists() and "Step 2/2 : RUN sleep 4" in record.read_text(), timeout=60)
             writer.send_signal(signal.SIGINT)
             start = time.monotonic()
             assert writer.wait(10) != 0
             assert time.monotonic() - start < 2  # answered at the next look at the writer, not after the build
             assert "interrupted" in record.read_text()
-        time.sleep(1)
+        time.sleep(6)  # past the RUN's end: a build that went on would be tagged by now
         assert "acme/sleepy:1" not in engine.tags()
     finally:
         engine.docker("container", "prune", "-f", check=False)
@@ -383,7 +383,7 @@ def test_import_build_and_load_on_every_engine(matrix_engine: Engine, tmp: Path)
     (tmp / "rootfs.tar").write_bytes(rootfs_tar({"etc/imported": b"yes\n"}))
     (tmp / "ctx.tar").write_bytes(context_tar("FROM scratch\nCOPY f /f\n", {"f": b"built\n"}))
     # podman's image list fails (500, "image not known") while an rmi it is doing is under way
-    racing = [r"refresh after events failed: .* 500 .*image not known"] if e.flavor == "podman" else []
+    racing = [r"refresh after events failed: GET \S+/images/json\S*: 500 "] if e.flavor == "podman" else []
     try:
         with mounted(e, tmp, expect=racing) as m:
             up = m.path / ".imagefs"

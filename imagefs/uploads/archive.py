@@ -176,6 +176,11 @@ class Archive:
     def complete(self) -> bool:
         return self.tar.complete and (self._inflater is None or self._inflater.eof)
 
+    @property
+    def plain(self) -> bool:
+        """Known to be an uncompressed tar: checking its bytes is a walk over headers, no inflating."""
+        return self._magic is None and self._inflater is None
+
     def feed(self, data: bytes) -> None:
         self.written += len(data)
         if self._magic is not None:

@@ -15,7 +15,9 @@ import signal
 PF_EXITING = 0x4  # include/linux/sched.h
 PF_SIGNALED = 0x400  # the task is exiting because of a signal
 # System calls that close a descriptor, by machine: a task blocked in one of them is the closer.
-_CLOSING = {"x86_64": {3, 33, 292, 436, 60, 231}, "aarch64": {57, 24, 436, 93, 94}}.get(platform.machine())
+# (close, dup2/dup3, close_range, exit, exit_group, and execve/execveat, which close O_CLOEXEC ones)
+_CLOSING = {"x86_64": {3, 33, 292, 436, 60, 231, 59, 322},
+            "aarch64": {57, 24, 436, 93, 94, 221, 281}}.get(platform.machine())
 # Signals whose default action ends the writer; a pending one means the writer wants out.
 _ENDING = sum(1 << (s - 1) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL))
 

@@ -96,6 +96,8 @@ class Upload:
         """ftruncate(2) while writing: to its end is nothing, beyond it a hole (zeros), before it a rewrite."""
         if size < self.archive.written:
             async with self._lock:
+                if self.state in ENDED or self.state is State.COMMITTING:
+                    raise Finished(f"{self.request.target}: the upload has ended ({self.state.value})")
                 raise await self._unseekable(f"a truncation to byte {size}")
         if size > self.archive.written:
             await self.write(size, b"")
@@ -208,7 +210,7 @@ class Upload:
 
     async def _check(self, body: bytes) -> None:
         try:
-            if self.archive.codec is None:  # a plain tar's walk skips data: microseconds per write
+            if self.archive.plain:  # a plain tar's walk skips data: microseconds per write
                 self.archive.feed(body)
             else:  # inflating takes milliseconds per MiB: not on the loop
                 await trio.to_thread.run_sync(self.archive.feed, body)
