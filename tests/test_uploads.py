@@ -424,3 +424,12 @@ def test_junk_after_a_whole_archive_creates_nothing_on_any_engine(matrix_engine:
     time.sleep(1)
     status, _ = e.raw("GET", "/images/upm/junk:1/json")
     assert status == 404
+
+
+def test_a_tagless_reference_with_options_keeps_its_record_under_latest(engine: Engine, tmp: Path,
+                                                                         cleanup: list[str]) -> None:
+    cleanup.append("acme/tagless:latest")
+    (tmp / "r.tar").write_bytes(rootfs_tar({"a": b"1"}))
+    with mounted(engine, tmp) as m:
+        assert sh(f"cp {tmp}/r.tar '{m.path}/.imagefs/import/acme/tagless,message=x'").returncode == 0
+        assert "imported acme/tagless:latest" in (m.path / ".imagefs/import/acme/tagless:latest").read_text()

@@ -42,7 +42,7 @@ class UploadDir(Dir):
 
     def _file(self, name: str) -> UploadFile:
         target = kinds.target_of(self.kind, self.prefix, name)
-        return UploadFile(self.ctx, (*self.path, name), self.uploads, self.kind, target)
+        return UploadFile(self.ctx, (*self.path, name), self.uploads, self.kind, self.prefix, target)
 
     async def lookup(self, name: str) -> Node | None:
         if self.kind != kinds.LOAD and kinds.is_namespace(self.prefix, name):
@@ -71,7 +71,7 @@ class UploadDir(Dir):
         if self.ctx.read_only:
             raise ReadOnly("mounted read-only")
         request = kinds.request(self.kind, self.prefix, name)  # a bad name or option: EINVAL, nothing sent
-        file = UploadFile(self.ctx, (*self.path, name), self.uploads, self.kind, request.target)
+        file = self._file(name)
         return file, file.begin(request, flags, pid)
 
 
@@ -81,6 +81,7 @@ class UploadFile(File):
     path: TreePath
     uploads: Uploads
     kind: str
+    prefix: TreePath  # the namespace components below the kind's directory
     target: str
 
     @property
@@ -98,17 +99,16 @@ class UploadFile(File):
     async def stat(self) -> Stat:
         mode = 0o444 if self.ctx.read_only else 0o644
         upload = self.uploads.get(self.kind, self.target)
+        size, mtime = (len(upload.text().encode()), int(upload.created)) if upload else (0, 0)
         # 1 MiB, the kernel's largest write: a quarter of the round trips cp would make at 128 KiB.
-        return Stat(st.S_IFREG | mode, len(self.text()), int(upload.created) if upload else 0, volatile=True,
-                    blksize=1 << 20)
+        return Stat(st.S_IFREG | mode, size, mtime, volatile=True, blksize=1 << 20)
 
     async def open(self, flags: int, pid: int) -> Handle:
         if not flags & WRITING:
             return RecordHandle(self)
         if self.ctx.read_only:
             raise ReadOnly("mounted read-only")
-        prefix = tuple(self.path[2:-1])  # below .imagefs/<kind>/
-        return self.begin(kinds.request(self.kind, prefix, self.path[-1]), flags, pid)
+        return self.begin(kinds.request(self.kind, self.prefix, self.path[-1]), flags, pid)
 
     def begin(self, request: kinds.Request, flags: int, pid: int) -> Handle:
         if flags & os.O_APPEND:

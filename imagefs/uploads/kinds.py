@@ -30,6 +30,8 @@ class Request:
     path: str
     params: tuple[tuple[str, str], ...]
     headers: dict[str, str] = field(default_factory=lambda: dict(TAR))
+    # Send every registry credential (X-Registry-Config): a build's FROM may name a private image.
+    credentials: bool = False
 
     def line(self) -> str:
         query = "&".join(f"{k}={v}" for k, v in self.params)
@@ -49,8 +51,20 @@ def split_name(name: str) -> tuple[str, list[tuple[str, str | None]]]:
 
 
 def target_of(kind: str, prefix: TreePath, name: str) -> str:
-    """The target a name under a kind's directory stands for (load: the name; else the reference)."""
-    return name if kind == LOAD else "/".join((*prefix, split_name(name)[0]))
+    """The target a name under a kind's directory stands for (load: the name; else `repo:tag`),
+    as its request keeps its record: `import/base,message=x` is `base:latest`."""
+    return name if kind == LOAD else _reference(prefix, name)[0]
+
+
+def _reference(prefix: TreePath, name: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """The `repo:tag` a leaf under import/ or build/ names, and its options; BadCommand if none."""
+    leaf, options = split_name(name)
+    ref = "/".join((*prefix, leaf))
+    try:
+        repo, tag = references.parse_tag_target(ref)
+    except ValueError as exc:
+        raise BadCommand(f"{ref!r} is not an image reference: {exc}") from exc
+    return f"{repo}:{tag}", options
 
 
 def is_namespace(prefix: TreePath, name: str) -> bool:
@@ -71,19 +85,13 @@ def is_namespace(prefix: TreePath, name: str) -> bool:
 def request(kind: str, prefix: TreePath, name: str) -> Request:
     if kind == LOAD:
         return Request(LOAD, name, "/images/load", (("quiet", "0"),))
-    leaf, options = split_name(name)
-    ref = "/".join((*prefix, leaf))
-    try:
-        repo, tag = references.parse_tag_target(ref)
-    except ValueError as exc:
-        raise BadCommand(f"{ref!r} is not an image reference: {exc}") from exc
-    ref = f"{repo}:{tag}"
+    ref, options = _reference(prefix, name)
     if kind == IMPORT:
         # The tag inside `repo`, which the API allows: podman's compat API ignores a separate `tag`.
         params = [("fromSrc", "-"), ("repo", ref), *_options(IMPORT_OPTIONS, options)]
         return Request(IMPORT, ref, "/images/create", tuple(params))
     params = [("t", ref), ("version", "1"), ("rm", "1"), *_options(BUILD_OPTIONS, options)]
-    return Request(BUILD, ref, "/build", tuple(_merge_maps(params)))
+    return Request(BUILD, ref, "/build", tuple(_merge_maps(params)), credentials=True)
 
 
 Option = Callable[[str, str | None], tuple[str, str]]

@@ -105,30 +105,28 @@ class Upload:
     async def _send_checked(self, body: bytes) -> None:
         if not body:
             return  # an empty chunk would end the body: the engine's go
-        start, reached = self.archive.written, self.archive.tar.tail >= 0
+        start = self.archive.written
         await self._check(body)
         if self.state is State.OPEN:
             self._start()
-        keep = self._before_marker(start, len(body), reached)
+        keep = self._before_marker(start, len(body))
         if keep < len(body):
             self._held += body[keep:]
             self.sent += len(body) - keep
         await self._put(body[:keep] if keep < len(body) else body)
 
-    def _before_marker(self, start: int, n: int, reached: bool) -> int:
+    def _before_marker(self, start: int, n: int) -> int:
         """How much of a write may go to the engine now: nothing from the end-of-archive marker on.
 
         dockerd 26 imports a tar whose marker it has read even when the body is then cut off, so
         the marker is held back until the commit, and an abort still leaves the engine nothing.
         """
-        tar = self.archive.tar
-        if self._held or (reached and self.archive.codec is not None):
+        marker = self.archive.tar.marker_at
+        if self._held or marker is None:
+            return 0 if self._held else n
+        if self.archive.codec is not None:  # compressed: held from the write whose bytes inflated to it
             return 0
-        if tar.marker_at is None:
-            return n
-        if self.archive.codec is not None:  # the marker came out of this write's inflated bytes
-            return 0
-        return max(0, min(n, tar.marker_at - start))
+        return max(0, min(n, marker - start))
 
     async def finish(self) -> None:
         """The writer closed a descriptor: commit if the archive is whole, abort if not, say how it went."""
@@ -189,7 +187,7 @@ class Upload:
         try:
             with self._scope:
                 headers = dict(r.headers)
-                if r.kind == kinds.BUILD:  # a FROM of a private image: every credential, as the CLI sends
+                if r.credentials:  # as the CLI sends them, read at each upload
                     headers["X-Registry-Config"] = await auth.registry_config(self.engine.config.timeout)
                 async with self.engine.post_stream(r.path, r.params, headers, self._body()) as stream:
                     async for message in stream:
