@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import shutil
 import signal
@@ -10,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Engine, mounted, wait_for
+from conftest import Engine, mount_imagefs, mounted, unmount, wait_for
 from test_uploads import ABORTED, _boundaries, rootfs_tar, sh
 
 PODMAN = pytest.mark.parametrize("matrix_engine", ["podman"], indirect=True)
@@ -92,3 +94,32 @@ def test_a_full_cache_disk_is_enospc_for_an_upload_to_podman(matrix_engine: Engi
     finally:
         subprocess.run(["umount", str(small)], check=True)
         e.docker("rmi", "-f", "upk/fits:1", check=False)
+
+
+@PODMAN
+def test_progress_on_podman_says_spooling_and_a_sigterm_of_the_daemon_sends_nothing(matrix_engine: Engine,
+                                                                                   tmp: Path) -> None:
+    e = matrix_engine
+    body = rootfs_tar({"a": os.urandom((2 << 20) - 512), "b": b"2" * 1000})  # b's header at 2 MiB
+    aligned = mmap.mmap(-1, 2 << 20)  # page-aligned MiB: one FUSE write each, sent at once when streamed
+    aligned[:] = body[: 2 << 20]
+    before, since = e.image_ids(), time.time()
+    m = mount_imagefs(e, tmp, expect=[ABORTED, r"(write|flush|release): Closing: "])
+    target = m.path / ".imagefs/import/upk/term:1"
+    f = open(target, "wb", buffering=0)  # noqa: SIM115 - closed by the test, under the mount's end
+    try:
+        f.write(memoryview(aligned)[: 1 << 20])
+        f.write(memoryview(aligned)[1 << 20 :])
+        progress = target.read_text()
+        os.kill(m.pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.ismount(m.path), timeout=15)
+        with pytest.raises(OSError):  # the mount went away under the writer
+            f.write(body[2 << 20 :])
+            f.close()
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()
+        unmount(m)
+    assert "spooling, 2.1 MB spooled locally" in progress
+    time.sleep(1)  # an engine that took the body would have made its image by now
+    assert e.image_ids() == before and e.events(since) == []
