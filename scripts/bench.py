@@ -849,9 +849,7 @@ def bench_uploads(bench: Bench, report: Report) -> None:
     """load through the mount vs curl and docker load; a build of a large context vs docker build."""
     mib = bench.args.big_mb
     report.section(f"5. uploads of a {mib} MiB image")
-    ensure_big(bench)
-    save = bench.work / "big-save.tar"
-    run([*bench.api.curl(f"/images/{quote(BIG_REF, safe='/:@')}/get"), "-o", str(save)], env=bench.env)
+    save = big_save(bench)
     size = save.stat().st_size
     loads = {"mount": ["cp", str(save), str(bench.mnt / ".imagefs/load/big.tar")], "curl": load_curl(bench.api, save),
              "docker": [DOCKER, "load", "-q", "-i", str(save)]}
@@ -869,6 +867,14 @@ def bench_uploads(bench: Bench, report: Report) -> None:
                    ok=peak <= 100))
     save.unlink()
     bench_build(bench, report)
+
+
+def big_save(bench: Bench) -> Path:
+    """The big image's save, from the engine, as a file to load."""
+    ensure_big(bench)
+    save = bench.work / "big-save.tar"
+    run([*bench.api.curl(f"/images/{quote(BIG_REF, safe='/:@')}/get"), "-o", str(save)], env=bench.env)
+    return save
 
 
 def load_curl(api: EngineAPI, save: Path) -> list[str]:
@@ -896,9 +902,7 @@ def bench_podman_load(bench: Bench, report: Report) -> None:
     """With --podman: a load into podman through the mount (spooled, then sent whole) vs curl -T."""
     mib = bench.args.big_mb
     report.section(f"5. a {mib} MiB load into podman (uploads spooled locally, sent at close)")
-    ensure_big(bench)
-    save = bench.work / "big-save.tar"
-    run([*bench.api.curl(f"/images/{quote(BIG_REF, safe='/:@')}/get"), "-o", str(save)], env=bench.env)
+    save = big_save(bench)
     size = save.stat().st_size
     root = bench.work / "podman"
     bench.umount()
