@@ -20,7 +20,7 @@ import trio
 from ..errors import SpoolError
 from ..spool.store import Store
 
-PIECE = 1 << 20  # bytes read back at a time while the spool is sent: memory stays flat
+PIECE = 4 << 20  # bytes read back at a time while the spool is sent: memory stays flat
 
 
 class Spool:
