@@ -96,7 +96,7 @@ async def serve(options: MountOptions, ready: Callable[[], None]) -> None:
         exports = Exports(engine, store, sizes, options.cache_size, identity, nursery)
         stack.callback(exports.close)  # after the nursery's end: no export task still writes
         activity = Activity()
-        uploads = Uploads(engine, catalog, activity, nursery)
+        uploads = Uploads(engine, catalog, activity, nursery, store)
         tree = Tree(Context(catalog, exports, options.read_only, activity=activity, uploads=uploads))
         tree.xattrs = not options.no_xattrs
         ops = Operations(tree)

@@ -31,6 +31,9 @@ exit status is non-zero only when a measurement could not be taken.
      against curl streaming the file (`-T`) to /images/load and `docker load -i` (the image
      removed before each), the daemon's peak RSS over them; a build of a
      --big-mb context through `.imagefs/build/` against `docker build` (no cache).
+     With --podman also: the same save loaded into a private podman (scripts/private_engine.py
+     --flavor podman) through a mount of it, where uploads are spooled locally and sent whole at
+     close(2), against curl -T to podman's socket, and that daemon's peak RSS.
   5. Unless --skip-pull: an image of --pull-mb MB pushed to a local docker-registry,
      pulled through `MOUNT/.imagefs/pull` against `docker pull`, the image removed
      before each pull.
@@ -846,26 +849,12 @@ def bench_uploads(bench: Bench, report: Report) -> None:
     """load through the mount vs curl and docker load; a build of a large context vs docker build."""
     mib = bench.args.big_mb
     report.section(f"5. uploads of a {mib} MiB image")
-    ensure_big(bench)
-    save = bench.work / "big-save.tar"
-    run([*bench.api.curl(f"/images/{quote(BIG_REF, safe='/:@')}/get"), "-o", str(save)], env=bench.env)
+    save = big_save(bench)
     size = save.stat().st_size
-    sock = ["--unix-socket", bench.api.sock] if bench.api.sock else []
-    # -T streams the file (--data-binary @file reads it whole into memory first: out of memory at 1 GiB).
-    curl = [CURL, "-sS", "--fail", *sock, "-X", "POST", "-H", "Content-Type: application/x-tar", "-H", "Expect:",
-            "-T", str(save), "-o", "/dev/null", bench.api.base_url + API + "/images/load?quiet=1"]
-    loads = {"mount": ["cp", str(save), str(bench.mnt / ".imagefs/load/big.tar")], "curl": curl,
+    loads = {"mount": ["cp", str(save), str(bench.mnt / ".imagefs/load/big.tar")], "curl": load_curl(bench.api, save),
              "docker": [DOCKER, "load", "-q", "-i", str(save)]}
     bench.remount()  # the daemon's peak RSS below is that of these uploads alone
-    times: dict[str, list[float]] = {name: [] for name in loads}
-    for r in range(max(1, bench.args.export_rounds)):
-        for name in list(loads)[r % 3:] + list(loads)[: r % 3]:
-            bench.api.untag(BIG_REF, noprune=False)  # each load writes the image anew
-            os.sync()
-            times[name].append(timed(loads[name], env=bench.env))
-            if not bench.api.exists(BIG_REF):
-                raise RuntimeError(f"{name}: the load did not bring back {BIG_REF}")
-    t = {name: Timing(values) for name, values in times.items()}
+    t = timed_loads(bench, bench.api, loads, bench.env)
     ratio = t["curl"].median / t["mount"].median
     report.add(Row("load through the mount vs curl -T (a streamed POST)", fmt_rate(t["mount"].median, size),
                    fmt_rate(t["curl"].median, size), f"{ratio:.2f}× throughput", "≥ 0.9×", ratio >= 0.9,
@@ -878,6 +867,62 @@ def bench_uploads(bench: Bench, report: Report) -> None:
                    ok=peak <= 100))
     save.unlink()
     bench_build(bench, report)
+
+
+def big_save(bench: Bench) -> Path:
+    """The big image's save, from the engine, as a file to load."""
+    ensure_big(bench)
+    save = bench.work / "big-save.tar"
+    run([*bench.api.curl(f"/images/{quote(BIG_REF, safe='/:@')}/get"), "-o", str(save)], env=bench.env)
+    return save
+
+
+def load_curl(api: EngineAPI, save: Path) -> list[str]:
+    sock = ["--unix-socket", api.sock] if api.sock else []
+    # -T streams the file (--data-binary @file reads it whole into memory first: out of memory at 1 GiB).
+    return [CURL, "-sS", "--fail", *sock, "-X", "POST", "-H", "Content-Type: application/x-tar", "-H", "Expect:",
+            "-T", str(save), "-o", "/dev/null", api.base_url + API + "/images/load?quiet=1"]
+
+
+def timed_loads(bench: Bench, api: EngineAPI, loads: dict[str, list[str]], env: dict[str, str]) -> dict[str, Timing]:
+    """Each load command in turn, interleaved, the image removed before each (a load writes it anew)."""
+    times: dict[str, list[float]] = {name: [] for name in loads}
+    for r in range(max(1, bench.args.export_rounds)):
+        for name in list(loads)[r % len(loads):] + list(loads)[: r % len(loads)]:
+            if api.exists(BIG_REF):
+                api.untag(BIG_REF, noprune=False)
+            os.sync()
+            times[name].append(timed(loads[name], env=env))
+            if not api.exists(BIG_REF):
+                raise RuntimeError(f"{name}: the load did not bring back {BIG_REF}")
+    return {name: Timing(values) for name, values in times.items()}
+
+
+def bench_podman_load(bench: Bench, report: Report) -> None:
+    """With --podman: a load into podman through the mount (spooled, then sent whole) vs curl -T."""
+    mib = bench.args.big_mb
+    report.section(f"5. a {mib} MiB load into podman (uploads spooled locally, sent at close)")
+    save = big_save(bench)
+    size = save.stat().st_size
+    root = bench.work / "podman"
+    bench.umount()
+    try:
+        log(f"starting a private podman in {root}")
+        host = run([sys.executable, str(PRIVATE_ENGINE), "start", str(root), "--flavor", "podman"]).split()[-1]
+        podman, env = EngineAPI(host), dict(bench.env, DOCKER_HOST=host)
+        bench.mount(env=env)
+        loads = {"mount": ["cp", str(save), str(bench.mnt / ".imagefs/load/big.tar")], "curl": load_curl(podman, save)}
+        t = timed_loads(bench, podman, loads, env)
+        peak = bench.peak_rss_kib() / 1024
+    finally:
+        bench.umount()
+        subprocess.run([sys.executable, str(PRIVATE_ENGINE), "stop", str(root)], check=False)
+        save.unlink(missing_ok=True)
+    ratio = t["curl"].median / t["mount"].median
+    report.add(Row("podman load through the mount vs curl -T", fmt_rate(t["mount"].median, size),
+                   fmt_rate(t["curl"].median, size), f"{ratio:.2f}× throughput", timings=(t["mount"], t["curl"])))
+    report.add(Row(f"daemon peak RSS (VmHWM) during {mib} MiB podman loads", f"{peak:.1f} MiB", "—",
+                   goal="≤ 100 MiB", ok=peak <= 100))
 
 
 def bench_build(bench: Bench, report: Report) -> None:
@@ -1011,6 +1056,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-mb", type=int, default=512, help="size of the export test image in MiB (default 512)")
     parser.add_argument("--skip-export", action="store_true", help="skip the export.tar measurements")
     parser.add_argument("--skip-uploads", action="store_true", help="skip the load and build measurements")
+    parser.add_argument("--podman", action="store_true", help="also load into a private podman (spooled uploads)")
     parser.add_argument("--skip-ssh", action="store_true", help="skip the export over ssh:// (needs openssh-server)")
     parser.add_argument("--runs", type=int, default=200, help="runs of each fast command (default 200)")
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh mounts / invalidations per cold case")
@@ -1054,6 +1100,8 @@ def main(argv: list[str] | None = None) -> int:
                 measurements.append(bench_ssh)
         if not args.skip_uploads:
             measurements.append(bench_uploads)
+        if args.podman:
+            measurements.append(bench_podman_load)
         if not args.skip_pull:
             measurements.append(bench_pull)
         if not args.skip_rootfs:

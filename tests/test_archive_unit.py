@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import lzma
 import tarfile
 
@@ -94,3 +95,36 @@ def test_gnu_tar_padding_is_accepted() -> None:
 def test_a_bomb_inflates_in_bounded_pieces() -> None:
     archive = fed(gzip.compress(make_tar([("zeros", bytes(64 << 20))])), 1 << 20)
     assert archive.complete
+
+
+def streams(codec: str, tar: bytes, cuts: list[int]) -> bytes:
+    """The tar in several compressed streams one after another, as `cat a.gz b.gz` makes them."""
+    bounds = [0, *sorted(cuts), len(tar)]
+    return b"".join(COMPRESS[codec](tar[a:b]) for a, b in itertools.pairwise(bounds))
+
+
+@settings(max_examples=60, deadline=None)
+@given(members, hs.sampled_from(["gzip", "bzip2", "xz"]), hs.lists(hs.integers(0, 20000), max_size=3),
+       hs.integers(1, 3000), hs.data())
+def test_streams_one_after_another_are_one_archive(ms: list[tuple[str, bytes]], codec: str, cuts: list[int],
+                                                   piece: int, data: hs.DataObject) -> None:
+    tar = make_tar(ms)
+    # Streams split before the end marker: a cut at the end of a stream is then never a whole archive.
+    whole = streams(codec, tar, [min(c, len(tar.rstrip(b"\0"))) for c in cuts])
+    archive = fed(whole, piece)
+    assert archive.complete and archive.finish() is None
+    cut = data.draw(hs.integers(0, len(whole) - 1))
+    cut_off = fed(whole[:cut], piece)
+    assert not cut_off.complete and cut_off.finish() is not None
+
+
+@pytest.mark.parametrize("after", [b"junk", bytes(1024), gzip.compress(b"")[:2] + b"x", bz2.compress(b"")])
+def test_after_a_gzip_stream_only_another_gzip_stream_may_follow(after: bytes) -> None:
+    with pytest.raises(Malformed, match="after the end of the gzip stream"):
+        fed(gzip.compress(make_tar([("a", b"1")])) + after, 7)
+
+
+def test_a_next_stream_cut_in_its_magic_number_is_incomplete() -> None:
+    archive = fed(gzip.compress(make_tar([("a", b"1")])) + b"\x1f\x8b", 100)
+    assert not archive.complete
+    assert "cut in its header" in (archive.finish() or "")

@@ -23,6 +23,12 @@ drivers, and on the containerd image store, Docker 29's default) and podman 4.3.
 - **API versions.** dockerd 20.10 speaks 1.12–1.41, dockerd 26 1.24–1.45, podman's service
   1.24–1.41, Docker 29.0–29.2 refuses versions below 1.44: `Engine.negotiate` picks 1.41 where
   the range holds it, the nearest end otherwise, whatever the engine.
+- **Aborted uploads.** dockerd (20.10 and 26, either store) creates nothing from an upload whose
+  chunked body is cut before its terminating chunk, once the end-of-archive marker is held back
+  (dockerd 26 imports a tar whose marker it has read). podman 4.3.1's service imports whatever an
+  aborted body brought: a rootfs tar cut at a member boundary, its marker never sent, became an
+  image of the members before the cut (`Flavor.keeps_partial_bodies`). Uploads to it are spooled
+  locally and sent whole at the commit (imagefs.uploads.local); to dockerd they stream.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Flavor:
     unchanging: frozenset[str]  # event actions after which the image list is the same
     ids_are_manifests: bool = False  # containerd image store: an ID is a manifest's digest
     qualifies: bool = False  # stores and lists a tag written `x:1` as `docker.io/library/x:1`
+    keeps_partial_bodies: bool = False  # makes an image of an upload whose request was cut off
 
     def spelled(self, reference: str) -> str:
         """A reference just tagged, as this engine will list it (and the tree show it)."""
@@ -61,7 +68,7 @@ class Flavor:
 # (A push does change something: the image gains a repository digest.)
 DOCKER = Flavor("docker", frozenset({"save"}))
 DOCKER_CONTAINERD = Flavor("docker (containerd image store)", frozenset({"save"}), ids_are_manifests=True)
-PODMAN = Flavor("podman", frozenset({"save", "mount", "unmount"}), qualifies=True)
+PODMAN = Flavor("podman", frozenset({"save", "mount", "unmount"}), qualifies=True, keeps_partial_bodies=True)
 
 
 def identify(version: Mapping[str, Any], info: Mapping[str, Any]) -> Flavor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .. import controls, references
 from ..catalog import Image
+from ..errors import EngineTimeout, EngineUnreachable
 from ..references import TreePath
 from ..rootfs.build import ROOTFS
 from ..uploads import kinds
@@ -133,7 +134,13 @@ class ReservedDir(Dir):
     path: TreePath
 
     async def stat(self) -> Stat:
-        return dir_stat((await self.ctx.catalog.snapshot()).newest.get((), 0))
+        try:
+            return dir_stat((await self.ctx.catalog.snapshot()).newest.get((), 0))
+        except (EngineUnreachable, EngineTimeout):
+            if self.ctx.uploads is None:
+                raise
+            # The upload records below are local: what went wrong stays readable with the engine down.
+            return dir_stat(int(self.ctx.uploads.started))
 
     async def lookup(self, name: str) -> Node | None:
         path = (*self.path, name)

@@ -11,6 +11,7 @@ from ..activity import Activity
 from ..catalog import Catalog
 from ..engine import Engine
 from ..errors import Busy, Closing
+from ..spool.store import Store
 from .kinds import Request
 from .upload import ENDED, Upload
 
@@ -23,6 +24,7 @@ class Uploads:
     catalog: Catalog
     activity: Activity
     nursery: trio.Nursery
+    store: Store  # the cache directory: a local spool goes there
     records: dict[tuple[str, str], Upload] = field(default_factory=dict)  # (kind, target) -> the latest
     started: float = field(default_factory=time.time)
 
@@ -32,7 +34,8 @@ class Uploads:
         if running is not None and running.state not in ENDED:
             raise Busy(f"{request.target} is being uploaded already (by pid {running.pid})")
         self.records.pop(key, None)  # re-inserted last: the dict's order is the records' age
-        upload = self.records[key] = Upload(request, self.engine, self.catalog, self.activity, self.nursery, pid)
+        upload = self.records[key] = Upload(request, self.engine, self.catalog, self.activity, self.nursery, pid,
+                                            self.store)
         self._trim(request.kind)
         return upload
 

@@ -7,6 +7,11 @@ writer's close), and only when what was written is one whole archive; any other 
 cancels the request mid-body, and the engine, short of its terminating chunk, creates
 nothing. A writer that waits in the daemon cannot be killed until it is answered, so
 every wait also watches the writer for a pending ending signal.
+
+An engine that keeps partial bodies (podman: Flavor.keeps_partial_bodies) gets nothing
+before the commit: the checked bytes are spooled locally (imagefs.uploads.local) and
+sent whole from there at the close; once that send has begun it is not cut (its shield
+is lifted when the body is whole), so the engine gets all of the archive or nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from ..controls import human_size
 from ..engine import Engine, auth
 from ..engine.messages import Transcript
 from ..errors import BadUpload, EngineFailed, Finished, ImagefsError, Interrupted, Unseekable
+from ..spool.store import Store
 from . import kinds, signals
 from .archive import Archive, Malformed
+from .local import Spool
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ HOLE_PIECE = 1 << 20
 
 class State(enum.Enum):
     OPEN = "open"  # nothing written yet: nothing sent
+    SPOOLING = "spooling"  # written to the local spool, nothing sent yet (an engine keeping partial bodies)
     SENDING = "sending"
     COMMITTING = "committing"  # the body is whole and ended; the engine works
     DONE = "done"
@@ -56,10 +64,12 @@ class Upload:
     activity: Activity
     nursery: trio.Nursery
     pid: int  # the writer who opened it (pyfuse3 tells write and flush nobody's pid)
+    store: Store  # where a local spool goes
     state: State = State.OPEN
     archive: Archive = field(default_factory=Archive)
     transcript: Transcript = field(default_factory=Transcript)
-    sent: int = 0
+    sent: int = 0  # bytes taken from the writer (sent, or spooled to be sent)
+    uploaded: int = 0  # bytes of the spool sent to the engine
     outcome: str = ""
     error: ImagefsError | None = None
     op: Operation | None = None
@@ -69,6 +79,10 @@ class Upload:
     _lock: trio.Lock = field(default_factory=trio.Lock)
     _answered: trio.Event = field(default_factory=trio.Event)
     _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _spool: Spool | None = None
+    _requested: bool = False  # the request has started
+    _guard: trio.CancelScope = field(default_factory=trio.CancelScope)  # shields a spool's send
+    _body_sent: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[bytes](QUEUED)
@@ -76,6 +90,10 @@ class Upload:
     @property
     def dry_run(self) -> bool:
         return self.engine.config.dry_run
+
+    @property
+    def spooled(self) -> bool:
+        return self.engine.flavor.keeps_partial_bodies and not self.dry_run
 
     # --- the writer's calls -----------------------------------------------------------------
 
@@ -85,6 +103,7 @@ class Upload:
                 if self.state is not State.DONE and self.error is not None:
                     raise self.error
                 raise Finished(f"{self.request.target}: the upload has ended ({self.state.value})")
+            await self._check_cancelled()
             if offset < self.sent:
                 raise await self._unseekable(f"a write at byte {offset}")
             while offset > self.sent:  # a hole (a sparse cp seeks over zeros): they are sent as zeros
@@ -108,7 +127,7 @@ class Upload:
         start = self.archive.written
         await self._check(body)
         if self.state is State.OPEN:
-            self._start()
+            await self._start()
         keep = self._before_marker(start, len(body))
         if keep < len(body):
             self._held += body[keep:]
@@ -141,6 +160,7 @@ class Upload:
                 if self.error is not None:
                     raise self.error
                 return
+            await self._check_cancelled()
             problem = self.archive.finish()
             if problem is not None:
                 await self._incomplete(problem)
@@ -150,6 +170,8 @@ class Upload:
                 return
             await self._send_gathered()
             await self._send_chunk(bytes(self._held))
+            if self._spool is not None:
+                await self._send_spool()
             self.state = State.COMMITTING
             self._send.close()  # the body ends here: the terminating chunk, the engine's go
             await self._watching(self._answered.wait, "while the engine finished the upload")
@@ -164,7 +186,7 @@ class Upload:
         async with self._lock:
             if self.state is State.OPEN:
                 self._end(State.ABORTED, "nothing was written; nothing was sent")
-            elif self.state is State.SENDING:
+            elif self.state in (State.SPOOLING, State.SENDING):
                 await self._abort("closed before the archive was complete",
                                   BadUpload(f"{self.request.target}: closed before the archive was complete"))
 
@@ -174,18 +196,41 @@ class Upload:
             self.error = self.error or error
             self._scope.cancel()
 
+    async def _check_cancelled(self) -> None:
+        """A spooling upload that `cancel` ended (no request runs to end it) ends at its next call."""
+        if self.state is State.SPOOLING and self.error is not None:
+            raise await self._abort("the mount is closing", self.error)
+
     # --- the request ------------------------------------------------------------------------
 
-    def _start(self) -> None:
-        self.state = State.SENDING
+    async def _start(self) -> None:
         self.op = self.activity.start(self.request.kind, self.request.target)
+        if self.spooled:
+            self.state = State.SPOOLING
+            try:
+                self._spool = await Spool.create(self.store, self.request.target)
+            except ImagefsError as exc:
+                raise await self._abort(str(exc), exc) from None
+            return
+        self.state = State.SENDING
         if not self.dry_run:
-            self.nursery.start_soon(self._run)
+            self._request()
+
+    def _request(self) -> None:
+        self._requested = True
+        self.nursery.start_soon(self._run)
+
+    async def _send_spool(self) -> None:
+        """The whole, verified archive goes to the engine now, from the spool, and is not cut midway."""
+        self.state = State.SENDING
+        self._guard.shield = True
+        self._request()
+        await self._watching(self._body_sent.wait, "while imagefs sent the upload")
 
     async def _run(self) -> None:
         r = self.request
         try:
-            with self._scope:
+            with self._scope, self._guard:
                 headers = dict(r.headers)
                 if r.credentials:  # as the CLI sends them, read at each upload
                     headers["X-Registry-Config"] = await auth.registry_config(self.engine.config.timeout)
@@ -200,11 +245,21 @@ class Upload:
         if self._scope.cancelled_caught and self.error is None:
             self.error = Interrupted(f"{r.target}: the upload was cancelled")
         self._receive.close()  # a writer waiting for room learns the request is over
+        self._guard.shield = False
+        self._body_sent.set()
         self._answered.set()
 
     async def _body(self) -> AsyncIterator[bytes]:
-        async for data in self._receive:
+        if self._spool is None:
+            async for data in self._receive:
+                yield data
+            return
+        async for data in self._spool.chunks():
             yield data
+            self.uploaded += len(data)
+        # The body is whole: from here on the request may be cancelled (the engine has it all).
+        self._guard.shield = False
+        self._body_sent.set()
 
     async def _check(self, body: bytes) -> None:
         try:
@@ -234,6 +289,12 @@ class Upload:
 
     async def _send_chunk(self, chunk: bytes) -> None:
         if self.dry_run or not chunk:
+            return
+        if self._spool is not None:
+            try:
+                await self._spool.write(chunk)
+            except ImagefsError as exc:  # a full local disk: ENOSPC, and the upload ends
+                raise await self._abort(str(exc), exc) from None
             return
 
         async def send() -> None:
@@ -273,10 +334,11 @@ class Upload:
         """End the request mid-body, so that the engine creates nothing, and wait until it is gone;
         `error` is what the writer is told, now and at every later write or close."""
         self.error = error
-        committed = self.state is State.COMMITTING
+        # A spool is sent whole once its send has begun.
+        committed = self.state is State.COMMITTING or (self._spool is not None and self._requested)
         self._scope.cancel()
-        if self.state in (State.SENDING, State.COMMITTING) and not self.dry_run:
-            await self._answered.wait()  # cancelled, the request ends at once
+        if self._requested:
+            await self._answered.wait()  # cancelled, the request ends at once (a spool's: once it is whole)
         # Once the body has ended, the engine has all it needs: closing the connection may be too late.
         after = "the engine had the whole archive and may have made the image" if committed else "nothing was created"
         self._end(State.ABORTED, f"aborted: {why}; {after}")
@@ -287,8 +349,18 @@ class Upload:
         self.state, self.outcome = state, outcome
         if self.op is not None:
             self.activity.finish(self.op, state.value if not self.dry_run else "dry-run")
+        spool, self._spool = self._spool, None
+        if spool is not None:  # nothing reads or writes it any more: writes hold the lock, the request is over
+            self.nursery.start_soon(spool.close)
 
     def text(self) -> str:
         """What a read of the upload's path shows: its state, its bytes, the engine's lines, its outcome."""
-        head = f"{self.request.kind} {self.request.target}: {self.state.value}, {human_size(self.sent)} sent\n"
+        head = f"{self.request.kind} {self.request.target}: {self.state.value}, {self._progress()}\n"
         return head + self.transcript.text() + (f"{self.outcome}\n" if self.outcome else "")
+
+    def _progress(self) -> str:
+        if self.state is State.SPOOLING:
+            return f"{human_size(self.sent)} spooled locally (sent whole at the close)"
+        if self._spool is not None and self.state is State.SENDING:
+            return f"{human_size(self.uploaded)} of {human_size(self.sent)} sent"
+        return f"{human_size(self.sent)} sent"
