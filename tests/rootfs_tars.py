@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from dataclasses import dataclass, field
 
@@ -55,10 +56,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", link: str | None = 
     tar.addfile(info, io.BytesIO(data))
 
 
+def compressed(raw: bytes, how: str) -> bytes:
+    """gzip, zstd, or zstd as zstd:chunked writes it (one frame per part, skippable frames between)."""
+    if how == "zstd:chunked":
+        skippable = (0x184D2A50).to_bytes(4, "little") + (6).to_bytes(4, "little") + b"chunks"
+        return compressed(raw[:1024], "zstd") + skippable + compressed(raw[1024:], "zstd")
+    if how == "zstd":  # the zstd command: Python has no zstd module before 3.14
+        return subprocess.run(["zstd", "-q", "-c"], input=raw, capture_output=True, check=True).stdout
+    return gzip.compress(raw, mtime=0)
+
+
 def save(layers: list[bytes], layout: str = "legacy", created_by: list[str] | None = None,
-         compress: bool = False) -> bytes:
+         compress: bool | str = False) -> bytes:
     """A save of one image, tagged t:1, with these layers, in the layout of Docker 20.10 ("legacy"),
-    Docker ≥ 25 ("oci") or podman ("podman")."""
+    Docker ≥ 25 ("oci") or podman ("podman"); `compress` is "gzip" (or True) or "zstd"."""
     diff_ids = ["sha256:" + hashlib.sha256(raw).hexdigest() for raw in layers]
     steps = created_by or [f"RUN step {i}" for i in range(len(layers))]
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": diff_ids},
@@ -68,7 +79,7 @@ def save(layers: list[bytes], layout: str = "legacy", created_by: list[str] | No
     with tarfile.open(fileobj=out, mode="w") as tar:
         names = []
         for raw, diff_id in zip(layers, diff_ids, strict=True):
-            blob = gzip.compress(raw, mtime=0) if compress else raw
+            blob = compressed(raw, "gzip" if compress is True else compress) if compress else raw
             digest = hashlib.sha256(blob).hexdigest()
             if layout == "legacy":
                 name = f"{digest}/layer.tar"

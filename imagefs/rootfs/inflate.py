@@ -1,0 +1,46 @@
+"""zstd-compressed layers (the containerd image store keeps layers as pulled), inflated by the `zstd` CLI.
+
+No zstd module is in the standard library before Python 3.14, and the `zstd`
+command (Debian's package `zstd`) inflates at local-disk speed: the layer's bytes
+are piped to it from the save and its output goes straight to the side file, so
+nothing of the layer passes through this process's memory but one window. It
+reads concatenated frames and skips skippable ones, as zstd:chunked layers have.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .members import BadArchive, Window
+from .save import LayerRef
+
+CHUNK = 1 << 20
+
+
+def inflate_zstd(area: Window, ref: LayerRef, target: Path) -> str:
+    """Write the layer's tar to `target` (which appears only once whole); its name."""
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise BadArchive(f"layer {ref.member} is zstd-compressed and this machine has no zstd command")
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with open(part, "wb") as out:
+            proc = subprocess.Popen([zstd, "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=out,
+                                    stderr=subprocess.PIPE)
+            assert proc.stdin is not None and proc.stderr is not None
+            try:
+                for at in range(ref.offset, ref.offset + ref.size, CHUNK):
+                    proc.stdin.write(area[at : min(at + CHUNK, ref.offset + ref.size)])
+                proc.stdin.close()
+            except BrokenPipeError:  # it stopped reading: its status and message say why
+                pass
+            why = proc.stderr.read().decode(errors="replace").strip()
+            if proc.wait() != 0:
+                raise BadArchive(f"layer {ref.member} is not the zstd stream it starts as: {why}")
+        part.rename(target)
+    finally:
+        part.unlink(missing_ok=True)
+    return target.name
