@@ -28,6 +28,9 @@ from typing import Any
 
 import pytest
 from conftest import Engine, Mount, Proxy, mounted, wait_for
+from rootfs_tars import M, layer, oci_archive
+
+from imagefs.rootfs.save import ZSTD
 
 REF = "rfs/tricky:1"
 STEP1 = (
@@ -129,11 +132,15 @@ def engine_flattening(engine: Engine, ref: str) -> tuple[Walk, set[frozenset[str
     return walk, {frozenset(group) for group in links.values()}
 
 
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def mount_walk(root: Path) -> tuple[Walk, set[frozenset[str]], dict[str, int]]:
     walk: Walk = {}
     by_ino: dict[int, set[str]] = {}
     nlinks: dict[str, int] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):  # an EIO is never an empty tree
         for name in dirnames + filenames:
             full = Path(dirpath, name)
             path = str(full.relative_to(root))
@@ -272,3 +279,28 @@ def test_no_xattrs_turns_them_off_everywhere(engine: Engine, tricky: str, tmp: P
             with pytest.raises(OSError) as info:
                 os.listxattr(path)
             assert info.value.errno == errno.EOPNOTSUPP
+
+
+@pytest.mark.parametrize("matrix_engine", ["docker26c"], indirect=True)
+def test_a_zstd_layer_reads_as_the_engine_flattens_it(matrix_engine: Engine, tmp: Path) -> None:
+    """The containerd image store keeps a loaded zstd layer as it came, and saves it so."""
+    engine, ref = matrix_engine, "rfs/zstd:1"
+    big = os.urandom(3 << 20)  # more than one window of the inflater
+    layers = [layer(M("srv", "dir", mode=0o755), M("srv/big", data=big), M("srv/link", "symlink", b"big")),
+              layer(M("srv/small", data=b"zstd\n", uid=3, mode=0o600), M("srv/.wh.big"))]
+    (tmp / "z.tar").write_bytes(oci_archive(layers, f"docker.io/{ref}", "zstd:chunked"))
+    engine.docker("load", "-i", str(tmp / "z.tar"))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(engine.save(ref))) as save:
+            blobs = [save.extractfile(name).read(4) for name in  # type: ignore[union-attr]
+                     json.loads(save.extractfile("manifest.json").read())[0]["Layers"]]  # type: ignore[union-attr]
+        assert blobs == [ZSTD, ZSTD]
+        with mounted(engine, tmp) as m:
+            got, _, _ = mount_walk(m / ref / "rootfs")
+            assert _top_dirs_untimed(got) == _top_dirs_untimed(engine_flattening(engine, ref)[0])
+            assert sorted(got) == ["srv", "srv/link", "srv/small"]
+            bottom = m / ref / "layers" / sorted(os.listdir(m / ref / "layers"))[0]
+            assert hashlib.sha256((bottom / "files/srv/big").read_bytes()).digest() == hashlib.sha256(big).digest()
+            assert json.loads((bottom / "layer.json").read_text())["compression"] == "zstd"
+    finally:
+        engine.docker("rmi", ref, check=False)
