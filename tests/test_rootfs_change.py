@@ -1,0 +1,158 @@
+"""rootfs/ while the engine changes underneath (SPEC §2, §5, §8): a tag moving to another image mid-walk,
+the image removed while a file in it is open, the engine stopped before the first look inside.
+
+What holds: an inode is content (a file or directory opened in one image keeps that image's bytes
+whatever the reference later names), a read is never the wrong image's, mixed, short or hung, and
+an engine that is down is EIO, never ENOENT or an empty tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import Engine, Mount, mount_imagefs, mounted, unmount, wait_for
+
+REF = "rfs/moving:1"
+FILES = 40
+BIG = 4 << 20  # read in pieces: a read that spans the move
+
+
+def contents(name: str) -> dict[str, bytes]:
+    """The files of image `name`: same paths in every image, bytes of their own (random: no two alike)."""
+    rng = random.Random(name)
+    files = {f"data/f{i:02d}": rng.randbytes(100 + 37 * i) for i in range(FILES)}
+    files["big"] = rng.randbytes(BIG)
+    return files
+
+
+def build(engine: Engine, name: str, ref: str) -> dict[str, bytes]:
+    files = contents(name)
+    with tempfile.TemporaryDirectory(prefix="ifs-rfc-", dir="/tmp") as ctx:
+        for path, data in files.items():
+            Path(ctx, "tree", path).parent.mkdir(parents=True, exist_ok=True)
+            Path(ctx, "tree", path).write_bytes(data)
+        Path(ctx, "Dockerfile").write_text("FROM scratch\nCOPY tree /\n")
+        engine.docker("build", "-q", "-t", ref, ctx)
+    return files
+
+
+@pytest.fixture(scope="module")
+def images(engine: Engine) -> Iterator[dict[str, dict[str, bytes]]]:
+    """Images rfs/a:1 and rfs/b:1, each as `contents` says; REF names neither yet."""
+    try:
+        yield {name: build(engine, name, f"rfs/{name}:1") for name in ("a", "b")}
+    finally:
+        for ref in ("rfs/a:1", "rfs/b:1", REF):
+            engine.docker("rmi", ref, check=False)
+
+
+def whose(data: bytes, path: str, images: dict[str, dict[str, bytes]]) -> str | None:
+    return next((name for name, files in images.items() if files[path] == data), None)
+
+
+def test_a_tag_moved_mid_walk_never_mixes_the_images(engine: Engine, images: dict[str, dict[str, bytes]],
+                                                     mount: Mount) -> None:
+    engine.docker("tag", "rfs/a:1", REF)
+    rootfs = mount / REF / "rootfs"
+    # Both indexed first (through their own names: the index is per image ID), so what is timed
+    # below is the coherence window, not an export.
+    for name in ("a", "b"):
+        assert (mount / f"rfs/{name}:1/rootfs/data/f00").read_bytes() == images[name]["data/f00"]
+    big = os.open(rootfs / "big", os.O_RDONLY)
+    data_dir = os.open(rootfs / "data", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        head = os.read(big, 1 << 20)
+        wrong: list[str] = []
+        stop = threading.Event()
+        seen: set[str] = set()
+        reader = threading.Thread(target=_walk_until, args=(rootfs, images, stop, seen, wrong))
+        reader.start()
+        try:
+            for flip in ("b", "a", "b"):
+                engine.docker("tag", f"rfs/{flip}:1", REF)
+                wait_for(lambda flip=flip: whose((rootfs / "data/f07").read_bytes(), "data/f07", images) == flip,
+                         timeout=1)  # SPEC §5: within 1 s
+        finally:
+            stop.set()
+            reader.join(60)
+        assert not reader.is_alive() and not wrong, wrong[:5]
+        assert seen == {"a", "b"}  # the walk did run across the moves
+        # What was opened in image a is a's: a file mid-read, and new lookups under a directory of it.
+        rest = b"".join(iter(lambda: os.read(big, 1 << 20), b""))
+        assert head + rest == images["a"]["big"]
+        with open(os.open("f03", os.O_RDONLY, dir_fd=data_dir), "rb") as f:
+            assert f.read() == images["a"]["data/f03"]
+        assert sorted(os.listdir(data_dir)) == sorted(p.split("/")[1] for p in images["a"] if "/" in p)
+    finally:
+        os.close(big)
+        os.close(data_dir)
+
+
+def _walk_until(rootfs: Path, images: dict[str, dict[str, bytes]], stop: threading.Event, seen: set[str],
+                wrong: list[str]) -> None:
+    """Read every file of the reference again and again: each read is one image's file, whole, with the
+    size its own fstat gives."""
+    while not stop.is_set():
+        for i in range(FILES):
+            path = f"data/f{i:02d}"
+            try:
+                with open(rootfs / path, "rb") as f:
+                    size, data = os.fstat(f.fileno()).st_size, f.read()
+            except OSError as exc:
+                wrong.append(f"{path}: {exc}")
+                continue
+            name = whose(data, path, images)
+            if name is None or size != len(data):
+                wrong.append(f"{path}: {len(data)} bytes (fstat {size}), neither image's")
+            else:
+                seen.add(name)
+
+
+def test_rmi_while_a_file_is_open_reads_on_or_fails_with_eio(engine: Engine, mount: Mount) -> None:
+    big = build(engine, "c", REF)["big"]  # REF is its one name: rmi removes the image
+    fd = os.open(mount / REF / "rootfs/big", os.O_RDONLY)
+    try:
+        head = os.read(fd, 1 << 20)
+        engine.docker("rmi", REF)
+        wait_for(lambda: not (mount / REF).exists(), timeout=2)
+
+        def rest() -> bytes:
+            return b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                data = head + pool.submit(rest).result(timeout=30)  # never a hang
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+            else:
+                assert data == big
+    finally:
+        os.close(fd)
+        engine.docker("rmi", REF, check=False)
+
+
+def test_an_engine_stopped_before_the_first_look_inside_is_eio(engine: Engine, images: dict[str, dict[str, bytes]],
+                                                               tmp: Path) -> None:
+    m = mount_imagefs(engine, tmp, expect=[r"events stream down", r"engine .*unreachable|Connect"])
+    try:
+        assert (m / "rfs/a:1").is_dir()  # the image is known; nothing inside it was looked at
+        engine.kill()
+        for _ in range(2):  # and again: a failure is never remembered
+            for look, path in ((os.listdir, "rootfs"), (os.stat, "rootfs/data/f00"), (os.listdir, "layers")):
+                with pytest.raises(OSError) as info:
+                    look(m / "rfs/a:1" / path)
+                assert info.value.errno == errno.EIO, (path, info.value)
+    finally:
+        if not os.path.exists(engine.sock):
+            engine.start()
+        unmount(m)
+    with mounted(engine, tmp) as again:  # the same cache: nothing of the failure was kept
+        assert (again / "rfs/a:1/rootfs/data/f00").read_bytes() == images["a"]["data/f00"]
