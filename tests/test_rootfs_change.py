@@ -12,18 +12,23 @@ import errno
 import functools
 import os
 import random
+import re
+import socket
+import socketserver
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Engine, Mount, mount_imagefs, mounted, unmount, wait_for
+from conftest import Engine, Mount, Proxy, mount_imagefs, mounted, unmount, wait_for
 
 REF = "rfs/moving:1"
 FILES = 40
 BIG = 4 << 20  # read in pieces: a read that spans the move
+MOVED = r"export of rfs/moving:1.*: it holds image\(s\) \w+, not \w+: a tag moved while the engine saved it"
 
 
 Images = dict[str, dict[str, bytes]]  # each image's files
@@ -113,6 +118,57 @@ def _walk_across_moves(engine: Engine, rootfs: Path, images: Images) -> None:
     finally:
         os.close(big)
         os.close(data_dir)
+
+
+def test_a_tag_moved_during_the_first_export_never_mislabels_an_image(
+        engine: Engine, images: Callable[[Engine], Images], tmp: Path) -> None:
+    """The export of a reference started for image a, and held back until the tag has moved to b: the
+    save then holds b, and must never be indexed (or read) as a's."""
+    files = images(engine)
+    ids = {name: engine.api(f"/images/rfs/{name}:1/json")["Id"].removeprefix("sha256:") for name in files}
+    engine.docker("tag", "rfs/a:1", REF)
+    proxy = HoldingProxy(engine.sock, tmp / "proxy.sock")
+    try:
+        with mounted(engine, tmp, "-H", f"unix://{proxy.address}", expect=[MOVED]) as mount:
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit((mount / REF / "rootfs/big").read_bytes)
+                wait_for(lambda: proxy.held == 1, timeout=10)
+                engine.docker("tag", "rfs/b:1", REF)
+                proxy.release.set()
+                try:
+                    assert first.result(timeout=30) == files["a"]["big"]  # opened as a's: a's, or
+                except OSError as exc:
+                    assert exc.errno == errno.EIO  # the export held another image
+            for name, image_id in ids.items():  # each image's tree is its own
+                assert (mount / f".imagefs/ids/{image_id}/rootfs/big").read_bytes() == files[name]["big"]
+            assert (mount / REF / "rootfs/big").read_bytes() == files["b"]["big"]
+    finally:
+        proxy.close()
+
+
+class HoldingProxy(Proxy):
+    """A Proxy that holds each export request back until `release` is set, counting them in `held`."""
+
+    def __init__(self, upstream: str, listen: Path) -> None:
+        self.release, self.held = threading.Event(), 0
+        super().__init__(upstream, listen)
+
+    def _handler(self, *args: Any) -> type[socketserver.BaseRequestHandler]:  # type: ignore[override]
+        proxy, base = self, Proxy._handler(*args)
+
+        class Holding(base):  # type: ignore[valid-type,misc]
+            def handle(self) -> None:
+                head = b""
+                for _ in range(100):  # the request line, left in the socket for the proxy to pass on
+                    head = self.request.recv(8192, socket.MSG_PEEK)
+                    if not head or b"\r\n" in head:
+                        break
+                if re.match(rb"GET \S*/get[?\s]", head):
+                    proxy.held += 1
+                    proxy.release.wait(30)
+                super().handle()
+
+        return Holding
 
 
 def _walk_until(rootfs: Path, images: Images, stop: threading.Event, seen: set[str],
