@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what imagefs needs on Debian 12 (as root), then the project into .venv. Idempotent.
-#   bash scripts/setup.sh            # FUSE, build tools, jq (the README's examples), the venv with imagefs
+#   bash scripts/setup.sh            # FUSE, build tools, jq (the README's examples), zstd (zstd layers), the venv
 #   bash scripts/setup.sh --engine   # also Debian's docker.io and busybox-static (a private engine)
 #   bash scripts/setup.sh --test     # also what the tests drive: docker.io, busybox-static, rsync, pv,
 #                                    # openssh-server and openssl (ssh:// and TLS engines), podman,
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv curl ca-certificates jq)
+pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv curl ca-certificates jq zstd)
 case "${1:-}" in
   --engine) pkgs+=(docker.io busybox-static) ;;
   --test) pkgs+=(docker.io busybox-static docker-registry rsync pv openssh-server openssl podman) ;;

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from dataclasses import dataclass, field
 
@@ -55,10 +56,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", link: str | None = 
     tar.addfile(info, io.BytesIO(data))
 
 
+def compressed(raw: bytes, how: str) -> bytes:
+    """gzip, zstd, or zstd as zstd:chunked writes it (one frame per part, skippable frames between)."""
+    if how == "zstd:chunked":
+        skippable = (0x184D2A50).to_bytes(4, "little") + (6).to_bytes(4, "little") + b"chunks"
+        return compressed(raw[:1024], "zstd") + skippable + compressed(raw[1024:], "zstd")
+    if how == "zstd":  # the zstd command: Python has no zstd module before 3.14
+        return subprocess.run(["zstd", "-q", "-c"], input=raw, capture_output=True, check=True).stdout
+    return gzip.compress(raw, mtime=0)
+
+
 def save(layers: list[bytes], layout: str = "legacy", created_by: list[str] | None = None,
-         compress: bool = False) -> bytes:
+         compress: bool | str = False) -> bytes:
     """A save of one image, tagged t:1, with these layers, in the layout of Docker 20.10 ("legacy"),
-    Docker ≥ 25 ("oci") or podman ("podman")."""
+    Docker ≥ 25 ("oci") or podman ("podman"); `compress` is "gzip" (or True) or "zstd"."""
     diff_ids = ["sha256:" + hashlib.sha256(raw).hexdigest() for raw in layers]
     steps = created_by or [f"RUN step {i}" for i in range(len(layers))]
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": diff_ids},
@@ -68,7 +79,7 @@ def save(layers: list[bytes], layout: str = "legacy", created_by: list[str] | No
     with tarfile.open(fileobj=out, mode="w") as tar:
         names = []
         for raw, diff_id in zip(layers, diff_ids, strict=True):
-            blob = gzip.compress(raw, mtime=0) if compress else raw
+            blob = compressed(raw, "gzip" if compress is True else compress) if compress else raw
             digest = hashlib.sha256(blob).hexdigest()
             if layout == "legacy":
                 name = f"{digest}/layer.tar"
@@ -86,3 +97,35 @@ def save(layers: list[bytes], layout: str = "legacy", created_by: list[str] | No
         manifest = [{"Config": config_name, "RepoTags": ["t:1"], "Layers": names}]
         _add(tar, "manifest.json", json.dumps(manifest).encode())
     return out.getvalue()
+
+
+def oci_archive(layers: list[bytes], name: str, compress: str) -> bytes:
+    """An OCI image layout as `docker load` takes it on the containerd image store: `index.json` naming
+    one image `name`, its layers' blobs compressed (their media type says how)."""
+    blobs = [compressed(raw, compress) for raw in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [_digest(raw) for raw in layers]},
+                         "history": [{"created_by": f"layer {i}"} for i in range(len(layers))]}).encode()
+    kind = "zstd" if compress.startswith("zstd") else "gzip"
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": _descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": [_descriptor(f"application/vnd.oci.image.layer.v1.tar+{kind}", blob) for blob in blobs]}).encode()
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {**_descriptor("application/vnd.oci.image.manifest.v1+json", manifest),
+         "annotations": {"io.containerd.image.name": name}}]}).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        _add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _add(tar, "index.json", index)
+        for blob in (config, manifest, *blobs):
+            _add(tar, "blobs/sha256/" + _digest(blob).removeprefix("sha256:"), blob)
+    return out.getvalue()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _descriptor(media_type: str, data: bytes) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": _digest(data), "size": len(data)}

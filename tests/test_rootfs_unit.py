@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as stg
-from rootfs_tars import M, layer, save
+from rootfs_tars import M, compressed, layer, save
 
 from imagefs.rootfs.build import ROOTFS, build, files_tree, removed_tree
 from imagefs.rootfs.index import Index, Row
 from imagefs.rootfs.members import BadArchive, members
+from imagefs.rootfs.save import ZSTD
 from imagefs.rootfs.trim import INDEX, trim
 
 Tree = dict[str, Row]
@@ -71,8 +72,9 @@ def _member_offset(data: bytes, name: str) -> int:
     return next(ref.offset for ref in read_save(data).layers if ref.member == name)
 
 
-@pytest.mark.parametrize(("layout", "compress"), [("legacy", False), ("oci", False), ("podman", False), ("oci", True)])
-def test_every_layout_reads_the_same_tree(layout: str, compress: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("layout", "compress"), [("legacy", ""), ("oci", ""), ("podman", ""), ("oci", "gzip"),
+                                                  ("oci", "zstd")])
+def test_every_layout_reads_the_same_tree(layout: str, compress: str, tmp_path: Path) -> None:
     layers = [layer(M("etc", "dir", mode=0o755), M("etc/passwd", data=b"root:x:0:0\n")),
               layer(M("etc", "dir", mode=0o750), M("etc/group", data=b"root:x:0:\n", uid=5, gid=6))]
     tree, ix, data = rootfs(layers, tmp_path, layout=layout, compress=compress)
@@ -81,7 +83,7 @@ def test_every_layout_reads_the_same_tree(layout: str, compress: bool, tmp_path:
     assert (tree["/etc/group"].uid, tree["/etc/group"].gid) == (5, 6)
     assert content(ix, data, tree["/etc/passwd"], tmp_path) == b"root:x:0:0\n"
     assert [info.created_by for info in ix.layers] == ["RUN step 0", "RUN step 1"]
-    assert [info.compression for info in ix.layers] == ["gzip" if compress else ""] * 2
+    assert [info.compression for info in ix.layers] == [compress] * 2
 
 
 def test_whiteouts_hide_lower_layers_only(tmp_path: Path) -> None:
@@ -160,6 +162,25 @@ def test_a_cut_or_odd_save_is_an_error(tmp_path: Path) -> None:
         index_of(save([gzip.compress(layer(M("a")))[:-20]]), tmp_path)  # a gzip layer cut short
     with pytest.raises(BadArchive):
         index_of(save([b"\x1f\x8b" + b"not really gzip" * 40]), tmp_path)
+    with pytest.raises(BadArchive, match="zstd stream"):
+        index_of(save([compressed(layer(M("a", data=os.urandom(5000))), "zstd")[:-20]]), tmp_path)
+    with pytest.raises(BadArchive, match="zstd stream"):
+        index_of(save([ZSTD + b"not really zstd" * 40]), tmp_path)
+    assert not list(tmp_path.glob(".*.part"))  # no half-inflated layer left behind
+
+
+def test_zstd_frames_and_skippable_frames_make_one_layer(tmp_path: Path) -> None:
+    raw = layer(M("a", data=b"first"), M("b", data=b"second" * 1000))
+    tree, ix, data = rootfs([raw], tmp_path, layout="oci", compress="zstd:chunked")
+    assert content(ix, data, tree["/b"], tmp_path) == b"second" * 1000
+    assert ix.layers[0].compression == "zstd"
+
+
+def test_no_zstd_command_is_an_error_saying_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = save([layer(M("a"))], compress="zstd")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(BadArchive, match="no zstd command"):
+        index_of(data, tmp_path)
 
 
 # --- the merge against a model: paths of a few names, files, directories, whiteouts --------------

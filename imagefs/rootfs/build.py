@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+from .inflate import inflate_zstd
 from .members import BadArchive, Window, members
 from .merge import Entry, Layer, Merge, implicit_dir, new_entry
 from .save import LayerRef, read_save
@@ -78,8 +79,8 @@ def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
     name = ref.diff_id.removeprefix("sha256:") + ".tar"
     if (side_dir / name).exists():
         return name
-    if ref.compression != "gzip":
-        raise BadArchive(f"layer {ref.member} is {ref.compression}-compressed: not readable here")
+    if ref.compression == "zstd":
+        return inflate_zstd(area, ref, side_dir / name)
     part = side_dir / f".{name}.{os.getpid()}.part"
     inflater = zlib.decompressobj(wbits=31)
     try:
