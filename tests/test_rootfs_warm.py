@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pyfuse3
 import pytest
-import trio
 from conftest import Engine, Mount, mounted, settled, wait_for
 from test_ops import CTX, Ops, run
 
-from imagefs.fuse.inodes import Dentry
 from imagefs.fuse.operations import FOREVER
-from imagefs.nodes.tree import affected
 
 MOVING = "warm/moving:1"
 HANDLER = re.compile(r"imagefs\.fuse\.operations: (\w+)\((\d+)")
@@ -111,24 +108,5 @@ def test_only_the_image_s_tree_is_kept_forever(engine: Engine, tmp: Path) -> Non
         assert rootfs.st_ino in t.ops._listings and ref.st_ino not in t.ops._listings
         await t.ops.forget([(rootfs.st_ino, 1)])
         assert rootfs.st_ino not in t.ops._listings
-
-    run(engine, tmp / "cache", test)
-
-
-def test_a_retag_drops_the_rootfs_name_not_the_names_inside(engine: Engine, tmp: Path, moving: str) -> None:
-    async def test(t: Ops) -> None:
-        told: list[Dentry] = []
-        t.ops.kernel.notify = lambda dentries, inodes: told.extend(dentries)
-        ref, rootfs = await t.walk(moving), await t.walk(f"{moving}/rootfs")
-        srv = await t.walk(f"{moving}/rootfs/srv")
-        await t.walk(f"{moving}/rootfs/srv/hello.txt")
-        engine.docker("tag", "myorg/app:1.0", moving)
-        async with trio.open_nursery() as nursery:  # what the daemon runs: the task that tells the kernel
-            nursery.start_soon(t.ops.kernel.run)
-            await t.ops.on_change(affected(await t.catalog.refresh()), settle=True)
-            nursery.cancel_scope.cancel()
-        assert (ref.st_ino, "rootfs") in told
-        assert not [d for d in told if d[0] in (rootfs.st_ino, srv.st_ino)]  # the old tree's, still true
-        assert (await t.walk(f"{moving}/rootfs")).st_ino != rootfs.st_ino
 
     run(engine, tmp / "cache", test)

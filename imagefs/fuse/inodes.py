@@ -55,10 +55,6 @@ class Inodes:
         except KeyError:
             raise pyfuse3.FUSEError(errno.ESTALE) from None
 
-    def immutable(self, ino: int) -> bool:
-        node = self._node.get(ino)
-        return node is not None and node.immutable
-
     def known(self) -> Iterator[tuple[int, Node]]:
         return iter(list(self._node.items()))
 

@@ -53,8 +53,8 @@ class Kernel:
                 touched = what is None or node.path in what.nodes
             else:
                 dropped = what is None or _under(node.path, what.trees)
-                if dropped:  # a name in an immutable directory leads to the same node for ever
-                    dentries.extend(d for d in self.inodes.names(ino) if not self.inodes.immutable(d[0]))
+                if dropped:
+                    dentries.extend(self.inodes.names(ino))
                 touched = dropped or node.path in (what.nodes if what else ())
             if touched:
                 inodes.append(ino)
