@@ -110,3 +110,25 @@ def test_only_the_image_s_tree_is_kept_forever(engine: Engine, tmp: Path) -> Non
         assert rootfs.st_ino not in t.ops._listings
 
     run(engine, tmp / "cache", test)
+
+
+def test_a_tree_reached_through_another_reference_lists_nodes_of_that_one(
+        engine: Engine, tmp: Path, moving: str) -> None:
+    """One image, one tree inode; but its nodes read through the reference they were reached by (what a
+    first read exports), so a kept listing serves only the directory node it was taken from."""
+
+    async def test(t: Ops) -> None:
+        first = await t.walk("hello:latest/rootfs")
+        kept = await t.ops.opendir(first.st_ino, CTX)
+        second = await t.walk(f"{moving}/rootfs")
+        assert second.st_ino == first.st_ino
+        other = await t.ops.opendir(second.st_ino, CTX)
+        listing = t.ops.handles[other]
+        assert listing is not t.ops.handles[kept]
+        assert {node.view.target for _, node in listing.entries} == {moving}  # type: ignore[attr-defined]
+        srv = await t.ops.lookup(second.st_ino, b"srv", CTX)
+        assert t.ops.inodes.node(srv.st_ino).view.target == moving  # type: ignore[attr-defined]
+        for fh in (kept, other):
+            await t.ops.releasedir(fh)
+
+    run(engine, tmp / "cache", test)

@@ -36,7 +36,7 @@ UNLABELLED = frozenset({b"security.selinux", b"system.posix_acl_access", b"syste
 # Seconds the kernel may keep what an immutable node told it: a name in an immutable directory
 # (or its absence), that node's attributes. Nothing ever invalidates them; they only age out.
 FOREVER = 24 * 3600.0
-LISTED = 50_000  # entries of immutable directories whose readdir replies are kept (~150 B each)
+LISTED = 30_000  # entries of immutable directories whose readdir replies are kept (~300 B each)
 
 
 def _guard(fn: Callable[Concatenate[Operations, P], Awaitable[T]]) -> Callable[Concatenate[Operations, P],
@@ -67,7 +67,9 @@ class OpenDir:
 
     ino: int
     entries: list[tuple[str, Node]]
-    fixed: bool = False  # the directory is immutable: this listing is shared by its later opens
+    # The immutable directory it was taken from, shared by its later opens while the inode stands
+    # for that node: one reached by another path (another reference) lists nodes of its own.
+    fixed: Dir | None = None
     replies: list[tuple[bytes, pyfuse3.EntryAttributes] | None] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,8 +126,8 @@ class Operations(pyfuse3.Operations):
         name, node = listing.entries[i]
         if reply is not None and self.inodes.again(reply[1].st_ino, node):
             return reply
-        reply = (os.fsencode(name), await self._entry(node, listing.fixed))
-        if listing.fixed:
+        reply = (os.fsencode(name), await self._entry(node, listing.fixed is not None))
+        if listing.fixed is not None:
             listing.replies[i] = reply
         return reply
 
@@ -201,9 +203,9 @@ class Operations(pyfuse3.Operations):
         # The listing is taken once, here: readdir offsets then index a list that cannot shift.
         dir_ = self._dir(inode)
         listing = self._listings.get(inode) if dir_.immutable else None
-        if listing is None:
-            listing = OpenDir(inode, await dir_.entries(), dir_.immutable)
-            if listing.fixed:
+        if listing is None or listing.fixed is not dir_:
+            listing = OpenDir(inode, await dir_.entries(), dir_ if dir_.immutable else None)
+            if listing.fixed is not None:
                 self._listings[inode] = listing
         return self._new_fh(listing)
 
