@@ -101,12 +101,15 @@ def test_only_the_image_s_tree_is_kept_forever(engine: Engine, tmp: Path) -> Non
 
         kept, again = await t.ops.opendir(rootfs.st_ino, CTX), await t.ops.opendir(rootfs.st_ino, CTX)
         assert t.ops.handles[kept] is t.ops.handles[again]  # one listing, its replies built once
+        assert (await t.walk("hello:latest/rootfs")).st_ino == rootfs.st_ino  # another node, an equal one
+        later = await t.ops.opendir(rootfs.st_ino, CTX)
+        assert t.ops.handles[later] is t.ops.handles[kept]
         fresh, other = await t.ops.opendir(ref.st_ino, CTX), await t.ops.opendir(ref.st_ino, CTX)
         assert t.ops.handles[fresh] is not t.ops.handles[other]  # a reference's: taken at each opendir
-        for fh in (kept, again, fresh, other):
+        for fh in (kept, again, later, fresh, other):
             await t.ops.releasedir(fh)
         assert rootfs.st_ino in t.ops._listings and ref.st_ino not in t.ops._listings
-        await t.ops.forget([(rootfs.st_ino, 1)])
+        await t.ops.forget([(rootfs.st_ino, 2)])  # both lookups
         assert rootfs.st_ino not in t.ops._listings
 
     run(engine, tmp / "cache", test)

@@ -41,7 +41,7 @@ class Inodes:
     def again(self, ino: int, node: Node) -> bool:
         """Whether `ino`, once given for `node`, is still its number (kept again, if it was forgotten)."""
         held = self._node.get(ino)
-        if held is node:
+        if held is node or held == node:  # or an equal node, made by a lookup again
             return True
         if held is not None or self._ino.get(node.key, ino) != ino:
             return False

@@ -68,7 +68,8 @@ class OpenDir:
     ino: int
     entries: list[tuple[str, Node]]
     # The immutable directory it was taken from, shared by its later opens while the inode stands
-    # for that node: one reached by another path (another reference) lists nodes of its own.
+    # for an equal node (a lookup again by the same path makes another, equal one); a node reached
+    # by another path (another reference) lists nodes of its own.
     fixed: Dir | None = None
     replies: list[tuple[bytes, pyfuse3.EntryAttributes] | None] = field(init=False)
 
@@ -203,7 +204,7 @@ class Operations(pyfuse3.Operations):
         # The listing is taken once, here: readdir offsets then index a list that cannot shift.
         dir_ = self._dir(inode)
         listing = self._listings.get(inode) if dir_.immutable else None
-        if listing is None or listing.fixed is not dir_:
+        if listing is None or listing.fixed != dir_:
             listing = OpenDir(inode, await dir_.entries(), dir_ if dir_.immutable else None)
             if listing.fixed is not None:
                 self._listings[inode] = listing
