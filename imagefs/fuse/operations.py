@@ -34,7 +34,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 # Attributes of a kind the mount has none of, unless a file of an image carries one.
 UNLABELLED = frozenset({b"security.selinux", b"system.posix_acl_access", b"system.posix_acl_default"})
 # Seconds the kernel may keep what an immutable node told it: a name in an immutable directory
-# (or its absence), that node's attributes. Nothing ever invalidates them; they only age out.
+# (or its absence), that node's attributes. Only a change on the path to them drops them sooner.
 FOREVER = 24 * 3600.0
 LISTED = 30_000  # entries of immutable directories whose readdir replies are kept (~300 B each)
 
