@@ -101,7 +101,9 @@ class RowFile(RowNode, File):
 class RowHandle(Handle):
     """A file's bytes in its layer's tar, through the page cache: they never change. The layer is opened
     at the first read, which a warm open (its pages all cached) never makes: `grep -r` costs no more
-    than the kernel's open and release round trips."""
+    than the kernel's open and release round trips. So unlike other handles, a first read may join or
+    start the export (what the open did before): the one kept for this image ID, and the layer is checked
+    against the index's diff ID, so a reference moved since the open is EIO, never other bytes."""
 
     view: View
     row: Row
