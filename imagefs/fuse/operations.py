@@ -18,6 +18,7 @@ from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
+from cachetools import LRUCache
 
 from ..errors import EngineError, ImagefsError, SpoolError, errno_for
 from ..nodes.base import Dir, File, Handle, Node, Stat
@@ -32,6 +33,10 @@ T = TypeVar("T")
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 # Attributes of a kind the mount has none of, unless a file of an image carries one.
 UNLABELLED = frozenset({b"security.selinux", b"system.posix_acl_access", b"system.posix_acl_default"})
+# Seconds the kernel may keep what an immutable node told it: a name in an immutable directory
+# (or its absence), that node's attributes. Only a change on the path to them drops them sooner.
+FOREVER = 24 * 3600.0
+LISTED = 30_000  # entries of immutable directories whose readdir replies are kept (~300 B each)
 
 
 def _guard(fn: Callable[Concatenate[Operations, P], Awaitable[T]]) -> Callable[Concatenate[Operations, P],
@@ -58,8 +63,18 @@ def _guard(fn: Callable[Concatenate[Operations, P], Awaitable[T]]) -> Callable[C
 
 @dataclass
 class OpenDir:
+    """A listing as opendir took it; an immutable directory's is kept, its replies built once."""
+
     ino: int
     entries: list[tuple[str, Node]]
+    # The immutable directory it was taken from, shared by its later opens while the inode stands
+    # for an equal node (a lookup again by the same path makes another, equal one); a node reached
+    # by another path (another reference) lists nodes of its own.
+    fixed: Dir | None = None
+    replies: list[tuple[bytes, pyfuse3.EntryAttributes] | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.replies = [None] * len(self.entries)
 
 
 @dataclass
@@ -75,6 +90,8 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, Handle | OpenDir] = {}
         self._next_fh = 1
         self._versions: dict[int, object] = {}  # inode -> the content version its cached pages hold
+        # An immutable directory's listing by its inode: every warm `find` opens every directory again.
+        self._listings: LRUCache[int, OpenDir] = LRUCache(LISTED, getsizeof=lambda d: len(d.entries) + 1)
         self.initialized = trio.Event()  # the kernel's INIT has been answered
 
     def init(self) -> None:
@@ -82,7 +99,8 @@ class Operations(pyfuse3.Operations):
 
     # --- attributes -----------------------------------------------------------------------
 
-    def _attributes(self, ino: int, s: Stat) -> pyfuse3.EntryAttributes:
+    def _attributes(self, ino: int, s: Stat, immutable: bool, fixed_name: bool = False) -> pyfuse3.EntryAttributes:
+        """`fixed_name`: the name it was reached by is in an immutable directory."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = ino
         attr.st_mode = s.mode
@@ -95,13 +113,24 @@ class Operations(pyfuse3.Operations):
         attr.st_blocks = (s.size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = s.mtime * 1_000_000_000
         ttl = self.tree.entry_ttl
-        attr.entry_timeout = ttl
-        attr.attr_timeout = 0 if s.volatile else ttl
+        attr.entry_timeout = FOREVER if fixed_name else ttl
+        attr.attr_timeout = FOREVER if immutable else 0 if s.volatile else ttl
         return attr
 
-    async def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+    async def _entry(self, node: Node, fixed_name: bool) -> pyfuse3.EntryAttributes:
         """A node handed to the kernel: its inode and the attributes that never wait."""
-        return self._attributes(self.inodes.add(node), await node.listing_stat())
+        return self._attributes(self.inodes.add(node), await node.listing_stat(), node.immutable, fixed_name)
+
+    async def _listed(self, listing: OpenDir, i: int) -> tuple[bytes, pyfuse3.EntryAttributes]:
+        """Entry `i`'s readdirplus reply: an immutable directory's is kept, for as long as its inode is."""
+        reply = listing.replies[i]
+        name, node = listing.entries[i]
+        if reply is not None and self.inodes.again(reply[1].st_ino, node):
+            return reply
+        reply = (os.fsencode(name), await self._entry(node, listing.fixed is not None))
+        if listing.fixed is not None:
+            listing.replies[i] = reply
+        return reply
 
     def _dir(self, ino: int) -> Dir:
         node = self.inodes.node(ino)
@@ -125,22 +154,27 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if name in (b".", b".."):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        child = await self._dir(parent_inode).lookup(os.fsdecode(name))
+        parent = self._dir(parent_inode)
+        child = await parent.lookup(os.fsdecode(name))
+        if child is None and parent.immutable:  # st_ino 0: the kernel keeps the name's absence
+            return self._attributes(0, Stat(0, 0, 0), False, fixed_name=True)
         if child is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         # Never waits (an export's size): the kernel holds the directory's lock until this is answered.
-        attr = await self._entry(child)
+        attr = await self._entry(child, parent.immutable)
         self.inodes.remember(attr.st_ino, parent_inode, os.fsdecode(name))
         return attr
 
     @_guard
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._attributes(inode, await self.inodes.node(inode).stat())
+        node = self.inodes.node(inode)
+        return self._attributes(inode, await node.stat(), node.immutable)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             if self.inodes.forget(ino, n):
                 self._versions.pop(ino, None)
+                self._listings.pop(ino, None)
 
     @_guard
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -168,18 +202,23 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         # The listing is taken once, here: readdir offsets then index a list that cannot shift.
-        return self._new_fh(OpenDir(inode, await self._dir(inode).entries()))
+        dir_ = self._dir(inode)
+        listing = self._listings.get(inode) if dir_.immutable else None
+        if listing is None or listing.fixed != dir_:
+            listing = OpenDir(inode, await dir_.entries(), dir_ if dir_.immutable else None)
+            if listing.fixed is not None:
+                self._listings[inode] = listing
+        return self._new_fh(listing)
 
     @_guard
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.handles[fh]
         assert isinstance(listing, OpenDir)
         for i in range(start_id, len(listing.entries)):
-            name, node = listing.entries[i]
-            attr = await self._entry(node)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
+            name, attr = await self._listed(listing, i)
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
                 break
-            self.inodes.remember(attr.st_ino, listing.ino, name)  # readdirplus counts as a lookup
+            self.inodes.remember(attr.st_ino, listing.ino, listing.entries[i][0])  # readdirplus: a lookup
 
     @_guard
     async def releasedir(self, fh: int) -> None:
@@ -211,7 +250,7 @@ class Operations(pyfuse3.Operations):
         if self.tree.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
         node, handle = await self._dir(parent_inode).create(os.fsdecode(name), flags, ctx.pid)
-        attr = await self._entry(node)
+        attr = await self._entry(node, False)
         self.inodes.remember(attr.st_ino, parent_inode, os.fsdecode(name))
         return self._file_info(attr.st_ino, handle), attr
 
@@ -249,7 +288,7 @@ class Operations(pyfuse3.Operations):
             await handle.truncate(attr.st_size)
         elif fields.update_size and attr.st_size:
             self._refuse()
-        return self._attributes(inode, await node.stat())
+        return self._attributes(inode, await node.stat(), node.immutable)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()

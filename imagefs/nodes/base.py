@@ -65,6 +65,9 @@ class Context:
 
 class Node(ABC):
     path: TreePath
+    # Whether this node's attributes, and a directory's names, never change for its key: the
+    # adapter lets the kernel keep them as long as it likes, and keeps a directory's replies too.
+    immutable = False
 
     @property
     def key(self) -> Hashable:

@@ -60,6 +60,7 @@ class RowNode(Node):
     view: View
     path: TreePath
     row: Row
+    immutable = True  # a row of an index named by the image ID
 
     @property
     def key(self) -> Hashable:
@@ -93,24 +94,37 @@ class RowFile(RowNode, File):
     async def open(self, flags: int, pid: int) -> Handle:
         if self.row.size == 0:
             return BytesHandle(b"", digest(b""))
-        source = await self.view.ctx.rootfs.data(self.view.image_id, self.view.target, self.row.layer)
-        return RowHandle(source, self.row, self.key)
+        return RowHandle(self.view, self.row, self.key)
 
 
 @dataclass
 class RowHandle(Handle):
-    """A file's bytes in its layer's tar, through the page cache: they never change."""
+    """A file's bytes in its layer's tar, through the page cache: they never change. The layer is opened
+    at the first read, which a warm open (its pages all cached) never makes: `grep -r` costs no more
+    than the kernel's open and release round trips. So unlike other handles, a first read may join or
+    start the export (what the open did before): the one kept for this image ID, and the layer is checked
+    against the index's diff ID, so a reference moved since the open is EIO, never other bytes."""
 
-    source: Source
+    view: View
     row: Row
     content: Hashable
+    source: Source | None = None
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         size = max(0, min(size, self.row.size - offset))
-        return await self.source.read(size, self.row.offset + offset) if size else b""
+        if not size:
+            return b""
+        if self.source is None:
+            source = await self.view.ctx.rootfs.data(self.view.image_id, self.view.target, self.row.layer)
+            if self.source is None:  # else a concurrent read (readahead) opened it meanwhile
+                self.source = source
+            else:
+                await source.close()
+        return await self.source.read(size, self.row.offset + offset)
 
     async def release(self) -> None:
-        await self.source.close()
+        if self.source is not None:
+            await self.source.close()
 
     @property
     def version(self) -> object:
@@ -125,6 +139,8 @@ class TreeDir(Dir):
     view: View
     path: TreePath
     mtime: int
+    # Its image's tree; the name that leads here belongs to the reference directory, which may move.
+    immutable = True
 
     @property
     def key(self) -> Hashable:
