@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as stg
 from rootfs_tars import M, layer, save
 
+from imagefs.rootfs import rootmerge
 from imagefs.rootfs.build import ROOTFS, build, files_tree, removed_tree
 from imagefs.rootfs.index import Index, Row
 from imagefs.rootfs.members import BadArchive, members
@@ -260,3 +261,64 @@ def test_the_member_walk_agrees_with_tarfile(entries: list[tuple[str, bytes, str
         expected = [(m.name.encode(), m.size, m.offset_data, m.linkname.encode()) for m in tar]
     got = [(m.path.rstrip(b"/"), m.size, m.offset, m.link) for m in members(raw)]
     assert got == expected
+
+
+# --- the row-by-row merge (the rootfs index) against the object tree (`merge`, the layer views' model) -----
+
+kinds = stg.sampled_from(["file", "dir", "wh", "opq", "symlink", "abs-symlink", "hardlink", "fifo", "xattr"])
+rich_layer = stg.lists(stg.tuples(kinds, paths, paths, stg.integers(0, 3)), max_size=10)
+
+
+def rich_member(kind: str, path: str, other: str, n: int) -> M:
+    if kind in ("wh", "opq"):
+        return as_member(kind, path)
+    if kind in ("symlink", "abs-symlink"):
+        return M(path, "symlink", (b"/" if kind == "abs-symlink" else b"") + other.encode())
+    if kind == "hardlink":
+        return M(path, "hardlink", other.encode())
+    if kind == "xattr":
+        return M(path, data=b"x" * n, xattrs={"user.n": str(n)})
+    return M(path, kind, b"y" * n if kind == "file" else b"", mode=0o600 + n, uid=n, mtime=n)
+
+
+def model_index(data: bytes, where: Path) -> Index:
+    """The index as the object-tree merge writes it."""
+    from functools import partial
+
+    from imagefs.rootfs.build import _write
+    from imagefs.rootfs.merge import Merge
+    from imagefs.rootfs.save import read_save
+
+    saved = read_save(data)
+    merge = Merge()
+    for ref in saved.layers:
+        merge.apply(partial(members, data, ref.offset, ref.offset + ref.size))
+    db = where / "model.sqlite"
+    _write(db, saved.layers, [""] * len(saved.layers), merge, False)
+    return Index(db)
+
+
+def described(ix: Index) -> tuple[object, ...]:
+    tree = dict(walk(ix, ix.tree(ROOTFS)))
+    rows = {p: (r.kind, r.mode, r.uid, r.gid, r.mtime, r.size, r.layer, r.offset, r.link, r.rdev, r.nlink,
+                ix.xattrs(r.ino)) for p, r in tree.items()}
+    links: dict[int, set[str]] = {}
+    for p, r in tree.items():
+        links.setdefault(r.ino, set()).add(p)
+    layers = [(info.wasted, info.changed, ix.changes(info.n)) for info in ix.layers]
+    return rows, sorted(sorted(s) for s in links.values()), layers
+
+
+@settings(max_examples=300, deadline=None)
+@given(stg.lists(rich_layer, min_size=1, max_size=4), stg.sampled_from([2, 4096]))
+def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, str, int]]], batch: int) -> None:
+    rootmerge.BATCH = batch  # 2: batches cut by a path already there mid-layer, replayed
+    data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
+    with tempfile.TemporaryDirectory() as where:
+        ix, expected = index_of(data, Path(where)), model_index(data, Path(where))
+        try:
+            assert described(ix) == described(expected)
+        finally:
+            rootmerge.BATCH = 4096
+            ix.close()
+            expected.close()
