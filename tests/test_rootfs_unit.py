@@ -281,8 +281,8 @@ def rich_member(kind: str, path: str, other: str, n: int) -> M:
     return M(path, kind, b"y" * n if kind == "file" else b"", mode=0o600 + n, uid=n, mtime=n)
 
 
-def model_index(data: bytes, where: Path) -> Index:
-    """The index as the object-tree merge writes it."""
+def model_index(data: bytes, where: Path) -> tuple[Index, list[bytes]]:
+    """The index as the object-tree merge writes it, and each layer's `changes` as that merge has them."""
     from functools import partial
 
     from imagefs.rootfs.build import _write
@@ -295,7 +295,10 @@ def model_index(data: bytes, where: Path) -> Index:
         merge.apply(partial(members, data, ref.offset, ref.offset + ref.size))
     db = where / "model.sqlite"
     _write(db, saved.layers, [""] * len(saved.layers), merge, False)
-    return Index(db)
+    changes = [b"".join(b"%s /%s\n" % (letter.encode(), b"/".join(path))
+                        for path, letter in sorted(layer.changes.items(), key=lambda item: b"/".join(item[0])))
+               for layer in merge.layers]
+    return Index(db), changes
 
 
 def described(ix: Index) -> tuple[object, ...]:
@@ -305,7 +308,7 @@ def described(ix: Index) -> tuple[object, ...]:
     links: dict[int, set[str]] = {}
     for p, r in tree.items():
         links.setdefault(r.ino, set()).add(p)
-    layers = [(info.wasted, info.changed, ix.changes(info.n)) for info in ix.layers]
+    layers = [(info.wasted, info.changed) for info in ix.layers]
     return rows, sorted(sorted(s) for s in links.values()), layers
 
 
@@ -315,9 +318,10 @@ def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, 
     rootmerge.BATCH = batch  # 2: batches cut by a path already there mid-layer, replayed
     data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
     with tempfile.TemporaryDirectory() as where:
-        ix, expected = index_of(data, Path(where)), model_index(data, Path(where))
+        ix, (expected, changes) = index_of(data, Path(where)), model_index(data, Path(where))
         try:
             assert described(ix) == described(expected)
+            assert [ix.changes(n) for n in range(len(layers))] == changes
         finally:
             rootmerge.BATCH = 4096
             ix.close()

@@ -24,7 +24,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import IO
 
 from .members import SPAN, BadArchive, Buffer, Window, members
 from .merge import WHITEOUT, Entry, Layer, Merge, implicit_dir, new_entry
@@ -39,11 +38,13 @@ BATCH = 4096
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value);
 CREATE TABLE layer(n INTEGER PRIMARY KEY, diff_id TEXT, member TEXT, compression TEXT, source TEXT,
-                   size INTEGER, created_by TEXT, wasted INTEGER, changed INTEGER, changes BLOB);
+                   size INTEGER, created_by TEXT, wasted INTEGER, changed INTEGER);
 CREATE TABLE node(parent INTEGER, name BLOB, id INTEGER, kind INTEGER, mode INTEGER, uid INTEGER, gid INTEGER,
                   mtime INTEGER, size INTEGER, layer INTEGER, offset INTEGER, link BLOB, rdev INTEGER, ino INTEGER,
                   nlink INTEGER, wrote INTEGER, letter TEXT, PRIMARY KEY(parent, name)) WITHOUT ROWID;
 CREATE TABLE xattr(ino INTEGER, key BLOB, value BLOB, PRIMARY KEY(ino, key)) WITHOUT ROWID;
+CREATE TABLE chg(layer INTEGER, path BLOB, letter TEXT);
+CREATE TABLE dirpath(id INTEGER PRIMARY KEY, path BLOB);
 """
 
 
@@ -129,17 +130,10 @@ def _create(db: Path) -> sqlite3.Connection:
 
 
 def _write_root(con: sqlite3.Connection, refs: list[LayerRef], sources: list[str], root: RootMerge) -> int:
-    def layer(n: int, changed: int, changes: IO[bytes]) -> None:
-        ref = refs[n]
-        con.execute("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?,zeroblob(?))",
-                    (n, ref.diff_id, ref.member, ref.compression, sources[n], ref.size, ref.created_by,
-                     root.wasted[n], changed, changes.tell()))
-        changes.seek(0)
-        with con.blobopen("layer", "changes", n) as blob:
-            while chunk := changes.read(SPAN):
-                blob.write(chunk)
-
-    root.finish(layer)
+    root.finish()
+    con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?)", [
+        (n, ref.diff_id, ref.member, ref.compression, source, ref.size, ref.created_by, root.wasted[n], root.changed[n])
+        for n, (ref, source) in enumerate(zip(refs, sources, strict=True))])
     rows = con.execute("SELECT count(*) FROM node").fetchone()[0]
     con.executemany("INSERT INTO meta VALUES (?,?)", [("format", FORMAT), ("rows", rows)])
     con.commit()
@@ -159,9 +153,9 @@ def _write(db: Path, refs: list[LayerRef], sources: list[str], merge: Merge, vie
                 con.executemany("INSERT INTO node VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
                 rows += len(batch)
         con.executemany("INSERT INTO xattr VALUES (?,?,?)", ids.xattrs)
-        con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?,?)", [
+        con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?)", [
             (n, ref.diff_id, ref.member, ref.compression, source, ref.size, ref.created_by, layer.wasted,
-             len(layer.changes), _changes(layer))
+             len(layer.changes))
             for n, (ref, source, layer) in enumerate(zip(refs, sources, merge.layers, strict=True))])
         con.executemany("INSERT INTO meta VALUES (?,?)", [("format", FORMAT), ("rows", rows)])
         con.commit()
@@ -206,7 +200,7 @@ def _rows(tree: bytes, root: Entry, ids: _Ids) -> Iterator[tuple[object, ...]]:
             nlink = 2 + sum(c.children is not None for c in children.values())
             pending.extend((row, child_name, children[child_name]) for child_name in sorted(children))
         yield (parent, name, row, i.kind, i.mode, i.uid, i.gid, i.mtime, i.size, i.layer, i.offset, i.link,
-               os.makedev(*i.rdev), ids.ino(entry), nlink, entry.layer, None)
+               os.makedev(*i.rdev), ids.ino(entry), nlink, -1, None)
 
 
 def _removed_root(layer: Layer) -> Entry:
@@ -220,11 +214,6 @@ def _removed_root(layer: Layer) -> Entry:
         if here.children is not None:
             here.children[path[-1]] = old
     return root
-
-
-def _changes(layer: Layer) -> bytes:
-    return b"".join(b"%s /%s\n" % (letter.encode(), b"/".join(path))
-                    for path, letter in sorted(layer.changes.items(), key=lambda item: b"/".join(item[0])))
 
 
 def _batches(rows: Iterator[tuple[object, ...]]) -> Iterator[list[tuple[object, ...]]]:

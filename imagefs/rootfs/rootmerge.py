@@ -21,10 +21,8 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO
 
 from .live import ROOT_ID, Live, Path, Row
 from .members import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Raw, components
@@ -43,6 +41,8 @@ class RootMerge:
         self.tree = Live(con, root_name)
         self.n = -1
         self.wasted: list[int] = []
+        self.changed: list[int] = []  # each layer's paths with a letter
+        self.alive = 0  # rows the layer being merged wrote, still there
         self.pending: list[tuple[tuple[object, ...], Raw]] = []  # fast-path rows of regular files, and their members
         self._insert = ""
         self.replay: deque[tuple[Raw, bool]] = deque()
@@ -51,7 +51,6 @@ class RootMerge:
         self.linked: dict[int, set[tuple[int, bytes]]] = {}  # hardlinked inodes: the keys of their rows
         self.with_xattrs: Counter[int] = Counter()  # inodes with extended attributes: their rows
         con.executescript("""
-            CREATE TEMP TABLE chg(layer INTEGER, path BLOB, letter TEXT);
             CREATE TEMP TABLE removed(path BLOB PRIMARY KEY, kind, mode, uid, gid, mtime, size, layer, offset, link,
                                       rdev, ino) WITHOUT ROWID;""")
 
@@ -60,6 +59,7 @@ class RootMerge:
         may hold whiteouts: those first."""
         self.n += 1
         self.wasted.append(0)
+        self.alive = 0
         self.tree.moved()
         self.deleted, self.touched = set(), {}
         self.con.execute("DELETE FROM removed")
@@ -89,6 +89,7 @@ class RootMerge:
             self._replay(self._flush())
         self._chg([(self.n, b"/".join(p), "D") for p in self.deleted])
         self._chg([(self.n, b"/".join(p), letter) for p, letter in self.touched.items()])
+        self.changed.append(self.alive + len(self.deleted) + len(self.touched))
 
     def _replay(self, again: Replay) -> None:
         """Members again, before any other: those after a row that met a path already there."""
@@ -122,9 +123,11 @@ class RootMerge:
         before = self.con.total_changes
         try:
             self.con.executemany(self._insert, [b[0] for b in batch])
+            self.alive += len(batch)
             return []
         except sqlite3.IntegrityError:
             done = self.con.total_changes - before
+            self.alive += done
         return [(batch[done][1], True), *((m, False) for _, m in batch[done + 1 :])]
 
     # --- the slow path --------------------------------------------------------------------
@@ -162,6 +165,7 @@ class RootMerge:
         ino = attrs[10] or self._new_inode(row_id, m)
         row = (parent, name, row_id, *attrs[:10], ino, 2 if attrs[0] == DIRECTORY else 1, self.n, letter)
         self.tree.insert(row, resolved)  # type: ignore[arg-type]
+        self.alive += 1
         self._count(row, 1)  # type: ignore[arg-type]
 
     def _attrs(self, m: Raw) -> Attrs | None:
@@ -194,6 +198,7 @@ class RootMerge:
     def _rewrite(self, old: Row, attrs: Attrs, m: Raw, wrote: int, letter: str | None) -> None:
         """A directory's new attributes (a new inode), its id and children kept."""
         self._count(old, -1)
+        self.alive += wrote == self.n != old[15]
         ino = self._new_inode(self.tree.new_id(), m)
         self.con.execute("UPDATE node SET kind = ?, mode = ?, uid = ?, gid = ?, mtime = ?, size = ?, layer = ?, "
                          "offset = ?, link = ?, rdev = ?, ino = ?, wrote = ?, letter = ? WHERE parent = ? AND name = ?",
@@ -228,6 +233,7 @@ class RootMerge:
                 self.wasted[row[9]] += row[8]
             if row[15] == self.n:
                 self.touched[where] = row[16]  # type: ignore[assignment]
+                self.alive -= 1
             elif row[15] >= 0:
                 moved.append((row[15], b"/".join(where), row[16]))
             self._count(row, -1)
@@ -262,33 +268,13 @@ class RootMerge:
 
     # --- the end --------------------------------------------------------------------------
 
-    def finish(self, layer: Callable[[int, int, IO[bytes]], None]) -> None:
-        """Link counts and the inodes' extended attributes set right; then `layer(n, changed, changes)` for
-        each layer: how many paths it changed, and its `changes` text in a temporary file."""
+    def finish(self) -> None:
+        """Link counts and the inodes' extended attributes set right; where each directory is (`changes`)."""
         subdirs = Counter(d.parent for d in self.tree.dirs.values())
         self.con.executemany("UPDATE node SET nlink = ? WHERE parent = ? AND name = ?",
                              [(2 + subdirs[i], d.parent, d.name) for i, d in self.tree.dirs.items()])
         self.con.executemany("UPDATE node SET nlink = ? WHERE parent = ? AND name = ?",
                              [(len(keys), *key) for keys in self.linked.values() for key in keys])
         self.con.executemany("DELETE FROM xattr WHERE ino = ?", [(i,) for i, n in self.with_xattrs.items() if not n])
-        self.con.execute("CREATE TEMP TABLE dirpath(id INTEGER PRIMARY KEY, path BLOB)")
         self.con.executemany("INSERT INTO dirpath VALUES (?,?)",
                              [(i, b"".join(name + b"/" for name in d.path)) for i, d in self.tree.dirs.items()])
-        for n in range(len(self.wasted)):
-            lines = self.con.execute(_CHANGES, (n,))
-            count = 0
-            with tempfile.TemporaryFile() as text:
-                while batch := lines.fetchmany(8192):
-                    text.write(b"".join([line for line, in batch]))
-                    count += len(batch)
-                layer(n, count, text)
-
-
-# A layer's `changes`, sorted by path: the paths whose row it wrote, and those that went since (`chg`)
-_CHANGES = """
-    SELECT line FROM (
-        SELECT CAST(d.path || n.name AS BLOB) AS path,
-               CAST(n.letter || ' /' || d.path || n.name || x'0a' AS BLOB) AS line
-        FROM node n JOIN dirpath d ON d.id = n.parent WHERE n.wrote = ?1
-        UNION ALL SELECT path, CAST(letter || ' /' || path || x'0a' AS BLOB) FROM chg WHERE layer = ?1)
-    ORDER BY path"""
