@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -326,3 +328,58 @@ def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, 
             rootmerge.BATCH = 4096
             ix.close()
             expected.close()
+
+
+# --- indexing as the save arrives (`follow`): the same index, and none from a cut or broken export ----------
+
+
+def follow_index(data: bytes, where: Path, chunk: int, verdict: bytes | None = None) -> Index:
+    """The index built while a thread writes `data` into the spool `chunk` bytes at a time, telling each
+    length, then `verdict` (default: the export verified at its length)."""
+    spool, db = where / "growing.tar", where / "follow.sqlite"
+    spool.write_bytes(b"")
+    db.unlink(missing_ok=True)
+    read, write = os.pipe()
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), open(spool, "ab") as out, os.fdopen(write, "wb") as lengths:
+            for at in range(0, len(data), chunk):
+                out.write(data[at : at + chunk])
+                out.flush()
+                lengths.write(b"%d\n" % min(len(data), at + chunk))
+                lengths.flush()
+            lengths.write(verdict or b"end %d\n" % len(data))
+
+    fd = os.open(spool, os.O_RDONLY)
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        with os.fdopen(read, "rb") as lengths:
+            build(fd, db, where, lengths=lengths)
+    finally:
+        feeder.join()
+        os.close(fd)
+    return Index(db)
+
+
+@pytest.mark.parametrize(("layout", "compress"), [("legacy", False), ("oci", False), ("podman", False), ("oci", True)])
+def test_an_index_made_as_the_save_arrives_is_the_same(layout: str, compress: bool, tmp_path: Path) -> None:
+    layers = [layer(M("d", "dir"), M("d/f", data=b"1" * 3000), M("h", "hardlink", b"d/f"), M("s", "symlink", b"d")),
+              layer(M(".wh.h"), M("s/g", data=b"2"), M("d/.wh..wh..opq"), M("d/new", xattrs={"user.x": "y"}))]
+    data = save(layers, layout=layout, compress=compress)
+    ix = index_of(data, tmp_path)
+    followed = follow_index(data, tmp_path, chunk=700)
+    try:
+        assert described(followed) == described(ix)
+        assert [followed.changes(n) for n in range(2)] == [ix.changes(n) for n in range(2)]
+    finally:
+        ix.close()
+        followed.close()
+
+
+def test_a_cut_or_broken_export_followed_makes_no_index(tmp_path: Path) -> None:
+    data = save([layer(M("a", data=b"1" * 5000)), layer(M("b", data=b"2"))])
+    with pytest.raises(BadArchive):
+        follow_index(data[: len(data) // 2], tmp_path, chunk=1000)  # cut: verified at a length short of the end
+    with pytest.raises(BadArchive):
+        follow_index(data[: len(data) // 2], tmp_path, chunk=1000, verdict=b"broken\n")

@@ -15,6 +15,7 @@ mount's event loop never waits for the GIL meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sqlite3
@@ -24,7 +25,9 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import IO
 
+from .follow import Growing, Stage, Staged
 from .members import SPAN, BadArchive, Buffer, Window, members
 from .merge import WHITEOUT, Entry, Layer, Merge, implicit_dir, new_entry
 from .rootmerge import RootMerge
@@ -56,10 +59,13 @@ def removed_tree(n: int) -> bytes:
     return b"removed/%d" % n
 
 
-def build(save_fd: int, db: Path, side_dir: Path, views: bool = False) -> int:
+def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: IO[bytes] | None = None) -> int:
     """Index the save in `save_fd` into a new database at `db`: the merged rootfs, or with `views` each
     layer's own and removed files instead (half the rows, wanted less often: built when first asked for).
+    With `lengths`, the save is still being written and the rootfs is indexed as it arrives (`follow`).
     The number of rows written."""
+    if lengths is not None:
+        return _build_following(Growing(save_fd, lengths), db, side_dir)
     area = Window(save_fd, SPAN)
     save = read_save(area)
     if views:
@@ -75,6 +81,30 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False) -> int:
         return _write_root(con, save.layers, sources, root)
     finally:
         con.close()
+
+
+def _build_following(area: Growing, db: Path, side_dir: Path) -> int:
+    stage = Stage(area)
+    try:
+        stage.run()
+        save = read_save(area)
+        con = _create(db)
+        try:
+            root = RootMerge(con, ROOTFS)
+            sources = [_apply_staged(area, ref, side_dir, root, stage.staged.get(ref.offset)) for ref in save.layers]
+            return _write_root(con, save.layers, sources, root)
+        finally:
+            con.close()
+    finally:
+        stage.close()
+
+
+def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, staged: Staged | None) -> str:
+    """A layer merged from its staged members; one that was not staged (compressed), as when not following."""
+    if staged is None or ref.compression:
+        return _walk_layer(area, ref, side_dir, lambda where, hides: root.apply(partial(walk, *where), hides))
+    root.apply(staged.walk, lambda: staged.whiteouts)
+    return ""
 
 
 Where = tuple[Buffer, int, int]
@@ -228,10 +258,13 @@ def _batches(rows: Iterator[tuple[object, ...]]) -> Iterator[list[tuple[object, 
 
 
 def main(argv: list[str]) -> int:
-    """Exit status 0 (the row count on stdout), 2 for a save that is not what it must be (why, on stderr)."""
+    """`FD DB SIDE_DIR [views] [follow=FD]` (follow: the save's lengths come on that pipe, as in `follow`).
+    Exit status 0 (the row count on stdout), 2 for a save that is not what it must be (why, on stderr)."""
     gc.disable()  # a few million small objects and no cycles: collections would only cost time
+    follow = [int(arg.removeprefix("follow=")) for arg in argv[3:] if arg.startswith("follow=")]
     try:
-        print(build(int(argv[0]), Path(argv[1]), Path(argv[2]), views=argv[3:] == ["views"]))
+        with os.fdopen(follow[0], "rb") if follow else contextlib.nullcontext() as lengths:
+            print(build(int(argv[0]), Path(argv[1]), Path(argv[2]), views="views" in argv[3:], lengths=lengths))
     except BadArchive as exc:
         print(exc, file=sys.stderr)
         return 2

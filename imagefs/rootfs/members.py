@@ -53,6 +53,10 @@ class Window:
             self.start, self.data = start, os.pread(self.fd, max(self.span, stop - start), start)
         return self.data[start - self.start : stop - self.start]
 
+    def ahead(self, start: int, stop: int) -> bytes:
+        """Up to `stop`, at least a header's worth: a walk's read-ahead."""
+        return self[start:stop]
+
 
 Buffer = bytes | memoryview | mmap.mmap | Window
 
@@ -93,7 +97,7 @@ def entries(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Raw
     while offset + BLOCK <= end:
         at = offset - base
         if at + BLOCK > len(chunk):
-            base, at, chunk = offset, 0, bytes(buf[offset : min(end, offset + SPAN)])
+            base, at, chunk = offset, 0, _ahead(buf, offset, min(end, offset + SPAN))
         name, mode, uid, gid, size_f, mtime_f, check, kind, link = _HEADER.unpack_from(chunk, at)
         header = chunk[at : at + BLOCK]
         try:  # the common checksum field at C speed: each half's byte sum is below Adler-32's modulus
@@ -156,6 +160,10 @@ def entries(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Raw
         yield (path, flag, *owner, mtime, size, data - start, link,
                _device(header) if flag in (CHAR, BLOCKDEV) else (0, 0), xattrs)
     raise BadArchive(f"the archive ends at byte {end - start} with no end-of-archive marker")
+
+
+def _ahead(buf: Buffer, start: int, stop: int) -> bytes:
+    return buf.ahead(start, stop) if isinstance(buf, Window) else bytes(buf[start:stop])
 
 
 def _owner(owners: dict[tuple[bytes, bytes, bytes], tuple[int, int, int]], fields: tuple[bytes, bytes, bytes],
