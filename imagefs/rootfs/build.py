@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import resource
 import sqlite3
 import sys
 import zlib
@@ -265,10 +266,19 @@ def main(argv: list[str]) -> int:
     try:
         with os.fdopen(follow[0], "rb") if follow else contextlib.nullcontext() as lengths:
             print(build(int(argv[0]), Path(argv[1]), Path(argv[2]), views="views" in argv[3:], lengths=lengths))
+        print(f"peak RSS {_peak_kib()} KiB", file=sys.stderr)
     except BadArchive as exc:
         print(exc, file=sys.stderr)
         return 2
     return 0
+
+
+def _peak_kib() -> int:
+    """This process's peak RSS and its walkers': `ru_maxrss` of its own would count, after a vfork, the peak of
+    the process that started it."""
+    with open("/proc/self/status") as status:
+        own = next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 if __name__ == "__main__":
