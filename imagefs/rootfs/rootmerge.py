@@ -45,6 +45,8 @@ class RootMerge:
         self.alive = 0  # rows the layer being merged wrote, still there
         self.pending: list[tuple[tuple[object, ...], Raw]] = []  # fast-path rows of regular files, and their members
         self._insert = ""
+        self.batch = 1  # rows a batch takes: doubled after each batch that went in whole, to BATCH; 1 after one
+        # that met a path already there, so that a layer rewriting many paths replays few members per path
         self.replay: deque[tuple[Raw, bool]] = deque()
         self.deleted: set[Path] = set()  # what this layer's whiteouts removed (D), not added again
         self.touched: dict[Path, str] = {}  # letters of this layer's rows that went again
@@ -72,47 +74,37 @@ class RootMerge:
                         "'A')")
         by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
         deleted, touched = self.deleted, self.touched
-        for m in itertools.chain.from_iterable(walk()):
-            if m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
+        for m, slow in self._members(walk):
+            if not slow and m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
                 parent, _, name = m[0].rpartition(b"/")
                 found = by_raw.get(parent)
                 if (found is not None and name not in _ODD_NAMES and not name.startswith(WHITEOUT)
                         and not ((deleted or touched) and lettered((*found[1], name)))):
                     pending.append(((found[0], name, next(ids), m[2], m[3], m[4], m[5], m[6], m[7]), m))
-                    if len(pending) >= BATCH:
-                        self._replay(self._flush())
+                    if len(pending) >= self.batch:
+                        self.replay.extendleft(reversed(self._flush()))
                     continue
-            self._member(m, False)
-            if self.replay:
-                self._replay([])
-        while self.pending or self.replay:
-            self._replay(self._flush())
+            again = self._flush()  # the slow path reads the table: the batch goes in first
+            if again:
+                self.replay.extendleft(reversed([*again, (m, slow)]))
+            else:
+                self._add(m)
         self._chg([(self.n, b"/".join(p), "D") for p in self.deleted])
         self._chg([(self.n, b"/".join(p), letter) for p, letter in self.touched.items()])
         self.changed.append(self.alive + len(self.deleted) + len(self.touched))
 
-    def _replay(self, again: Replay) -> None:
-        """Members again, before any other: those after a row that met a path already there."""
-        self.replay.extendleft(reversed(again))
-        while self.replay:
-            self._member(*self.replay.popleft())
-
-    def _member(self, m: Raw, slow: bool) -> None:
-        """One member, the fast path if it can (one replayed), else the slow path once the batch is in."""
-        if not slow and m[1] == REGULAR and m[10] is None:
-            parent, _, name = m[0].rpartition(b"/")
-            found = self.tree.by_raw.get(parent)
-            if (found is not None and name not in _ODD_NAMES and not name.startswith(WHITEOUT)
-                    and not ((self.deleted or self.touched) and self._lettered((*found[1], name)))):
-                self.pending.append(((found[0], name, self.tree.new_id(), m[2], m[3], m[4], m[5], m[6], m[7]), m))
-                if len(self.pending) >= BATCH:
-                    self.replay.extendleft(reversed(self._flush()))
-                return
-        again = self._flush()
-        if again:
-            self.replay.extendleft(reversed([*again, (m, slow)]))
-            return
-        self._add(m)
+    def _members(self, walk: Callable[[], Iterator[list[Raw]]]) -> Iterator[tuple[Raw, bool]]:
+        """The layer's members, each replayed one (`replay`) before the next: those after a row that met a
+        path already there, in order. True: the slow path for certain."""
+        for batch in walk():
+            for m in batch:
+                yield m, False
+                while self.replay:
+                    yield self.replay.popleft()
+        while self.pending or self.replay:
+            self.replay.extendleft(reversed(self._flush()))
+            while self.replay:
+                yield self.replay.popleft()
 
     def _flush(self) -> Replay:
         """The batch in; what must be replayed if a row met a path already there."""
@@ -124,10 +116,12 @@ class RootMerge:
         try:
             self.con.executemany(self._insert, [b[0] for b in batch])
             self.alive += len(batch)
+            self.batch = min(BATCH, 2 * self.batch)
             return []
         except sqlite3.IntegrityError:
             done = self.con.total_changes - before
             self.alive += done
+            self.batch = 1
         return [(batch[done][1], True), *((m, False) for _, m in batch[done + 1 :])]
 
     # --- the slow path --------------------------------------------------------------------
