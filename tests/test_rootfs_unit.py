@@ -315,9 +315,9 @@ def described(ix: Index) -> tuple[object, ...]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(stg.lists(rich_layer, min_size=1, max_size=4), stg.sampled_from([2, 4096]))
+@given(stg.lists(rich_layer, min_size=1, max_size=4), stg.sampled_from([2, 3, 4096]))
 def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, str, int]]], batch: int) -> None:
-    rootmerge.BATCH = batch  # 2: batches cut by a path already there mid-layer, replayed
+    rootmerge.BATCH = rootmerge.ROWS_PER_INSERT = batch  # 2: batches cut by a path already there mid-layer
     data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
     with tempfile.TemporaryDirectory() as where:
         ix, (expected, changes) = index_of(data, Path(where)), model_index(data, Path(where))
@@ -325,7 +325,7 @@ def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, 
             assert described(ix) == described(expected)
             assert [ix.changes(n) for n in range(len(layers))] == changes
         finally:
-            rootmerge.BATCH = 4096
+            rootmerge.BATCH, rootmerge.ROWS_PER_INSERT = 4096, 64
             ix.close()
             expected.close()
 

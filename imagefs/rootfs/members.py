@@ -93,19 +93,23 @@ def entries(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Raw
     pax: dict[bytes, bytes] = {}
     longname = longlink = None
     base, chunk = offset, b""
+    view = memoryview(chunk)
     owners: dict[tuple[bytes, bytes, bytes], tuple[int, int, int]] = {}  # fields that repeat, parsed once
     while offset + BLOCK <= end:
         at = offset - base
         if at + BLOCK > len(chunk):
             base, at, chunk = offset, 0, _ahead(buf, offset, min(end, offset + SPAN))
+            view = memoryview(chunk)
         name, mode, uid, gid, size_f, mtime_f, check, kind, link = _HEADER.unpack_from(chunk, at)
-        header = chunk[at : at + BLOCK]
-        try:  # the common checksum field at C speed: each half's byte sum is below Adler-32's modulus
+        try:  # the common checksum field at C speed: each half's byte sum (and the field's) is below Adler-32's
+            # modulus, so Adler-32's low half is that sum plus one
             ok = (check[6:] in _CHECK_TAILS and check[:6].isdigit() and int(check[:6], 8) ==
-                  (adler32(header[:256]) & 0xFFFF) + (adler32(header[256:]) & 0xFFFF) - 2 - sum(check) + 256)
+                  (adler32(view[at : at + 256]) & 0xFFFF) + (adler32(view[at + 256 : at + BLOCK]) & 0xFFFF)
+                  - (adler32(check) & 0xFFFF) + 255)
         except ValueError:  # an 8 or a 9
             ok = False
         if not ok:  # `checksum_problem` decides
+            header = chunk[at : at + BLOCK]
             if header == ZERO:
                 return
             problem = checksum_problem(header)
@@ -143,13 +147,13 @@ def entries(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Raw
         if owner is None:
             owner = _owner(owners, fields, pax, data)
         if pax:
-            path = pax.get(b"path") or longname or member_name(header)
+            path = pax.get(b"path") or longname or member_name(chunk[at : at + BLOCK])
             link = pax.get(b"linkpath") or longlink or link.split(b"\0", 1)[0]
             xattrs = {k[len(XATTR) :]: v for k, v in pax.items() if k.startswith(XATTR)} or None
             mtime = int(float(pax[b"mtime"])) if b"mtime" in pax else _number(mtime_f, None, data)
             pax = {}
         else:
-            path = longname or (member_name(header) if chunk[at + 345] else name.split(b"\0", 1)[0])
+            path = longname or (member_name(chunk[at : at + BLOCK]) if chunk[at + 345] else name.split(b"\0", 1)[0])
             link = longlink or link.split(b"\0", 1)[0]
             xattrs = None
             try:
@@ -158,7 +162,7 @@ def entries(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Raw
                 mtime = _number(mtime_f, None, data)
         longname = longlink = None
         yield (path, flag, *owner, mtime, size, data - start, link,
-               _device(header) if flag in (CHAR, BLOCKDEV) else (0, 0), xattrs)
+               _device(chunk[at : at + BLOCK]) if flag in (CHAR, BLOCKDEV) else (0, 0), xattrs)
     raise BadArchive(f"the archive ends at byte {end - start} with no end-of-archive marker")
 
 

@@ -29,9 +29,11 @@ from .members import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Raw, components
 from .merge import OPAQUE, WHITEOUT
 
 BATCH = 4096
+ROWS_PER_INSERT = 64  # rows one INSERT statement takes: SQLite's cost per statement, not per row
 _ODD_NAMES = frozenset((b"", b".", b".."))
 _ATTRS = "kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino"
 Attrs = tuple[int, int, int, int, int, int, int, int, bytes, int, int]  # a row's inode: kind … ino (0: a new one)
+FastRow = tuple[int, bytes, int, int, int, int, int, int, int, int]  # parent, name, id, mode … offset, ino
 Replay = list[tuple[Raw, bool]]  # members again, in order; True: the slow path for certain
 
 
@@ -43,8 +45,8 @@ class RootMerge:
         self.wasted: list[int] = []
         self.changed: list[int] = []  # each layer's paths with a letter
         self.alive = 0  # rows the layer being merged wrote, still there
-        self.pending: list[tuple[tuple[object, ...], Raw]] = []  # fast-path rows of regular files, and their members
-        self._insert = ""
+        self.pending: list[tuple[FastRow, Raw]] = []  # fast-path rows of regular files, and their members
+        self._insert = ("", "")  # a row of the fast path, and ROWS_PER_INSERT of them
         self.batch = 1  # rows a batch takes: doubled after each batch that went in whole, to BATCH; 1 after one
         # that met a path already there, so that a layer rewriting many paths replays few members per path
         self.replay: deque[tuple[Raw, bool]] = deque()
@@ -70,8 +72,9 @@ class RootMerge:
                 path = components(m[0])
                 if path and path[-1].startswith(WHITEOUT):
                     self._whiteout(path)
-        self._insert = (f"INSERT INTO node VALUES (?1,?2,?3,{REGULAR},?4,?5,?6,?7,?8,{self.n},?9,x'',0,?3,1,{self.n},"
-                        "'A')")
+        row = f"(?,?,?,{REGULAR},?,?,?,?,?,{self.n},?,x'',0,?,1,{self.n},'A')"
+        self._insert = (f"INSERT OR IGNORE INTO node VALUES {row}",
+                        f"INSERT OR IGNORE INTO node VALUES {','.join([row] * ROWS_PER_INSERT)}")
         by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
         deleted, touched = self.deleted, self.touched
         for m, slow in self._members(walk):
@@ -80,7 +83,8 @@ class RootMerge:
                 found = by_raw.get(parent)
                 if (found is not None and name not in _ODD_NAMES and not name.startswith(WHITEOUT)
                         and not ((deleted or touched) and lettered((*found[1], name)))):
-                    pending.append(((found[0], name, next(ids), m[2], m[3], m[4], m[5], m[6], m[7]), m))
+                    row_id = next(ids)
+                    pending.append(((found[0], name, row_id, m[2], m[3], m[4], m[5], m[6], m[7], row_id), m))
                     if len(pending) >= self.batch:
                         self.replay.extendleft(reversed(self._flush()))
                     continue
@@ -107,22 +111,32 @@ class RootMerge:
                 yield self.replay.popleft()
 
     def _flush(self) -> Replay:
-        """The batch in; what must be replayed if a row met a path already there."""
+        """The batch in; what must be replayed if a row met a path already there: the members after the first
+        such row, whose rows are taken out again (that member may remove a directory they are under)."""
         batch = list(self.pending)
         self.pending.clear()
         if not batch:
             return []
-        before = self.con.total_changes
-        try:
-            self.con.executemany(self._insert, [b[0] for b in batch])
-            self.alive += len(batch)
+        before, rows = self.con.total_changes, [row for row, _ in batch]
+        whole = len(rows) - len(rows) % ROWS_PER_INSERT
+        self.con.executemany(self._insert[1], [tuple(itertools.chain.from_iterable(rows[at : at + ROWS_PER_INSERT]))
+                                               for at in range(0, whole, ROWS_PER_INSERT)])
+        self.con.executemany(self._insert[0], rows[whole:])
+        if self.con.total_changes - before == len(rows):
+            self.alive += len(rows)
             self.batch = min(BATCH, 2 * self.batch)
             return []
-        except sqlite3.IntegrityError:
-            done = self.con.total_changes - before
-            self.alive += done
-            self.batch = 1
-        return [(batch[done][1], True), *((m, False) for _, m in batch[done + 1 :])]
+        first = next(i for i, row in enumerate(rows) if not self._ours(row))
+        self.con.executemany("DELETE FROM node WHERE parent = ? AND name = ? AND id = ?",
+                             [row[:3] for row in rows[first + 1 :]])
+        self.alive += first
+        self.batch = 1
+        return [(batch[first][1], True), *((m, False) for _, m in batch[first + 1 :])]
+
+    def _ours(self, row: FastRow) -> bool:
+        """Did this fast-path row go in (or was its path there already)?"""
+        found = self.con.execute("SELECT id FROM node WHERE parent = ? AND name = ?", row[:2]).fetchone()
+        return bool(found and found[0] == row[2])
 
     # --- the slow path --------------------------------------------------------------------
 
