@@ -8,9 +8,14 @@ uncompressed tar, so any save of the image (another reference, another engine)
 serves it once that layer's place in the save is known. Compressed layers are
 inflated once into a side file beside the index.
 
-The daemon runs it as `python -m imagefs.rootfs.build FD DB SIDE_DIR [views]`, a process
-of its own: the memory a big image's merge takes goes back when it ends, and the
-mount's event loop never waits for the GIL meanwhile.
+The rootfs is merged row by row onto the table (`rootmerge`: tens of bytes of
+memory per entry, at a few hundred thousand entries per second, big layers
+walked in a child: `walker`); the layer views, wanted less often, on a tree of
+objects (`merge`). With `follow=FD` the save is still arriving (`follow`).
+
+The daemon runs it as `python -m imagefs.rootfs.build FD DB SIDE_DIR [views] [follow=FD]`,
+a process of its own: the memory a big image's merge takes goes back when it
+ends, and the mount's event loop never waits for the GIL meanwhile.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ A million-entry layer held as Python objects costs over a gigabyte; here a
 file's row goes to SQLite as soon as its member is read, and what the merge
 must ask about a path (is something there, what) is a B-tree probe. Only
 directories (a few per thousand entries) are objects. Rows a layer adds where
-nothing is wait in a batch and go in with one `executemany`; a row that meets
-one already there (the table's key is the path) is the merge's slow path, as
-are directories, links and parents not seen yet (`rootmerge`).
+nothing is wait in a batch and go in many per statement; a row that meets one
+already there (the table's key is the path) is the merge's slow path, as are
+directories, links and parents not seen yet (`rootmerge`).
 
 Each row also carries what the merge needs later: `wrote`, the layer that
 wrote the path last (-1: made as a missing parent), and `letter`, what that
