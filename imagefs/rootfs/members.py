@@ -95,6 +95,7 @@ def entries(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Raw
     base, chunk = offset, b""
     view = memoryview(chunk)
     owners: dict[tuple[bytes, bytes, bytes], tuple[int, int, int]] = {}  # fields that repeat, parsed once
+    mtimes: dict[bytes, int] = {}  # the same: a layer's files are mostly of a few build times
     while offset + BLOCK <= end:
         at = offset - base
         if at + BLOCK > len(chunk):
@@ -154,12 +155,10 @@ def entries(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Raw
             pax = {}
         else:
             path = longname or (member_name(chunk[at : at + BLOCK]) if chunk[at + 345] else name.split(b"\0", 1)[0])
-            link = longlink or link.split(b"\0", 1)[0]
+            link = longlink or (link.split(b"\0", 1)[0] if link[0] else b"")
             xattrs = None
-            try:
-                mtime = int(mtime_f.strip(b" \0") or b"0", 8)
-            except ValueError:
-                mtime = _number(mtime_f, None, data)
+            known = mtimes.get(mtime_f)
+            mtime = _remember_mtime(mtimes, mtime_f, data) if known is None else known
         longname = longlink = None
         yield (path, flag, *owner, mtime, size, data - start, link,
                _device(chunk[at : at + BLOCK]) if flag in (CHAR, BLOCKDEV) else (0, 0), xattrs)
@@ -168,6 +167,13 @@ def entries(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[Raw
 
 def _ahead(buf: Buffer, start: int, stop: int) -> bytes:
     return buf.ahead(start, stop) if isinstance(buf, Window) else bytes(buf[start:stop])
+
+
+def _remember_mtime(mtimes: dict[bytes, int], field: bytes, at: int) -> int:
+    if len(mtimes) >= MAX_NUMBERS:
+        mtimes.clear()
+    mtime = mtimes[field] = _number(field, None, at)
+    return mtime
 
 
 def _owner(owners: dict[tuple[bytes, bytes, bytes], tuple[int, int, int]], fields: tuple[bytes, bytes, bytes],

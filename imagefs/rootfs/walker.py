@@ -9,6 +9,7 @@ A walk the child finds broken ends with its `BadArchive` text, raised here.
 
 from __future__ import annotations
 
+import itertools
 import marshal
 import os
 import signal
@@ -60,13 +61,9 @@ def _child(buf: Buffer, start: int, end: int, out: int) -> None:
     try:
         with os.fdopen(out, "wb", buffering=1 << 20) as frames:
             try:
-                batch: list[Raw] = []
-                for m in entries(buf, start, end):
-                    batch.append(m)
-                    if len(batch) == BATCH:
-                        _send(frames, b"D", marshal.dumps(batch))
-                        batch = []
-                _send(frames, b"D", marshal.dumps(batch))
+                walk = entries(buf, start, end)
+                while batch := list(itertools.islice(walk, BATCH)):
+                    _send(frames, b"D", marshal.dumps(batch))
                 _send(frames, b"Z", b"")
             except BadArchive as exc:
                 _send(frames, b"E", str(exc).encode())
