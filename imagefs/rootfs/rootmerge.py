@@ -200,7 +200,7 @@ class RootMerge:
     def _new_inode(self, ino: int, m: Raw) -> int:
         if m[10]:
             self.con.executemany("INSERT INTO xattr VALUES (?,?,?)", [(ino, k, v) for k, v in m[10].items()])
-            self.with_xattrs[ino] += 0
+            self.with_xattrs[ino] += 0  # known to have some; its rows are counted as they come and go
         return ino
 
     def _rewrite(self, old: Row, attrs: Attrs, m: Raw, wrote: int, letter: str | None) -> None:
