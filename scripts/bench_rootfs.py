@@ -95,7 +95,7 @@ def bench_rootfs(bench: Bench, report: Report) -> None:
                    first.median <= today.median, (first, today)))
     if figures is not None:
         rows, size, seconds = figures
-        report.add(Row("index build in the daemon (rows/s; bytes/row)", f"{rows / seconds:,.0f} rows/s",
+        report.add(Row("index build in the daemon, after the export (rows/s; B/row)", f"{rows / seconds:,.0f} rows/s",
                        f"{size / rows:.0f} B/row", f"{rows} rows in {seconds:.2f} s", "≥ 200,000/s; ≤ 100 B",
                        rows / seconds >= 200_000 and size / rows <= 100))
     with ratarmounted(bench) as saved:
@@ -283,20 +283,23 @@ def index_alone(bench: Bench, report: Report) -> None:
     try:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "imagefs.rootfs.build", str(fd), str(db), str(bench.work)],
-                                pass_fds=(fd,), stdout=subprocess.PIPE)
-        out = proc.stdout.read() if proc.stdout else b""
-        _, status, usage = os.wait4(proc.pid, 0)
+                                pass_fds=(fd,), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate()
         seconds = time.perf_counter() - start
+        status = proc.returncode
     finally:
         os.close(fd)
     if status != 0:
         raise RuntimeError(f"the index builder exited with status {status}")
     rows, size = int(out), db.stat().st_size
     per_entry = size / (entries + entries // 1000)
-    report.add(Row(f"index builder alone, {entries:,} entries (the rootfs rows)",
-                   f"{entries / seconds:,.0f} entries/s", f"{per_entry:.0f} B/entry",
-                   f"{rows:,} rows, {seconds:.1f} s", "≥ 200,000/s; ≤ 100 B",
-                   entries / seconds >= 200_000 and per_entry <= 100))
-    report.add(Row("  the builder's own peak RSS (not the daemon's)", f"{usage.ru_maxrss / 1024:.0f} MiB", "—"))
+    # The builder's own figure: this process's ru_maxrss of it would count this process's peak (a vfork).
+    peak = re.search(rb"peak RSS (\d+) KiB", err)
+    rss = int(peak.group(1)) / 1024 if peak else float("nan")
+    report.add(Row(f"index builder alone, {entries:,} entries: rate (entries/s)", f"{entries / seconds:,.0f}/s", "—",
+                   f"{rows:,} rows, {seconds:.1f} s", "≥ 200,000/s", entries / seconds >= 200_000))
+    report.add(Row("  its index bytes per entry", f"{per_entry:.0f} B/entry", "—", goal="≤ 100 B", ok=per_entry <= 100))
+    report.add(Row("  the builder's own peak RSS (its walker's too; not the daemon's)", f"{rss:.0f} MiB", "—",
+                   goal="≤ 100 MiB", ok=rss <= 100))
     save.unlink()
     db.unlink()

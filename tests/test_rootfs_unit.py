@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as stg
 from rootfs_tars import M, compressed, layer, save
 
+from imagefs.rootfs import rootmerge
 from imagefs.rootfs.build import ROOTFS, build, files_tree, removed_tree
 from imagefs.rootfs.index import Index, Row
 from imagefs.rootfs.members import BadArchive, members
@@ -281,3 +284,123 @@ def test_the_member_walk_agrees_with_tarfile(entries: list[tuple[str, bytes, str
         expected = [(m.name.encode(), m.size, m.offset_data, m.linkname.encode()) for m in tar]
     got = [(m.path.rstrip(b"/"), m.size, m.offset, m.link) for m in members(raw)]
     assert got == expected
+
+
+# --- the row-by-row merge (the rootfs index) against the object tree (`merge`, the layer views' model) -----
+
+kinds = stg.sampled_from(["file", "dir", "wh", "opq", "symlink", "abs-symlink", "hardlink", "fifo", "xattr"])
+rich_layer = stg.lists(stg.tuples(kinds, paths, paths, stg.integers(0, 3)), max_size=10)
+
+
+def rich_member(kind: str, path: str, other: str, n: int) -> M:
+    if kind in ("wh", "opq"):
+        return as_member(kind, path)
+    if kind in ("symlink", "abs-symlink"):
+        return M(path, "symlink", (b"/" if kind == "abs-symlink" else b"") + other.encode())
+    if kind == "hardlink":
+        return M(path, "hardlink", other.encode())
+    if kind == "xattr":
+        return M(path, data=b"x" * n, xattrs={"user.n": str(n)})
+    return M(path, kind, b"y" * n if kind == "file" else b"", mode=0o600 + n, uid=n, mtime=n)
+
+
+def model_index(data: bytes, where: Path) -> tuple[Index, list[bytes]]:
+    """The index as the object-tree merge writes it, and each layer's `changes` as that merge has them."""
+    from functools import partial
+
+    from imagefs.rootfs.build import _write
+    from imagefs.rootfs.merge import Merge
+    from imagefs.rootfs.save import read_save
+
+    saved = read_save(data)
+    merge = Merge()
+    for ref in saved.layers:
+        merge.apply(partial(members, data, ref.offset, ref.offset + ref.size))
+    db = where / "model.sqlite"
+    _write(db, saved.layers, [""] * len(saved.layers), merge, False)
+    changes = [b"".join(b"%s /%s\n" % (letter.encode(), b"/".join(path))
+                        for path, letter in sorted(layer.changes.items(), key=lambda item: b"/".join(item[0])))
+               for layer in merge.layers]
+    return Index(db), changes
+
+
+def described(ix: Index) -> tuple[object, ...]:
+    tree = dict(walk(ix, ix.tree(ROOTFS)))
+    rows = {p: (r.kind, r.mode, r.uid, r.gid, r.mtime, r.size, r.layer, r.offset, r.link, r.rdev, r.nlink,
+                ix.xattrs(r.ino)) for p, r in tree.items()}
+    links: dict[int, set[str]] = {}
+    for p, r in tree.items():
+        links.setdefault(r.ino, set()).add(p)
+    layers = [(info.wasted, info.changed) for info in ix.layers]
+    return rows, sorted(sorted(s) for s in links.values()), layers
+
+
+@settings(max_examples=300, deadline=None)
+@given(stg.lists(rich_layer, min_size=1, max_size=4), stg.sampled_from([2, 3, 4096]))
+def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, str, int]]], batch: int) -> None:
+    rootmerge.BATCH = rootmerge.ROWS_PER_INSERT = batch  # 2: batches cut by a path already there mid-layer
+    data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
+    with tempfile.TemporaryDirectory() as where:
+        ix, (expected, changes) = index_of(data, Path(where)), model_index(data, Path(where))
+        try:
+            assert described(ix) == described(expected)
+            assert [ix.changes(n) for n in range(len(layers))] == changes
+        finally:
+            rootmerge.BATCH, rootmerge.ROWS_PER_INSERT = 4096, 64
+            ix.close()
+            expected.close()
+
+
+# --- indexing as the save arrives (`follow`): the same index, and none from a cut or broken export ----------
+
+
+def follow_index(data: bytes, where: Path, chunk: int, verdict: bytes | None = None) -> Index:
+    """The index built while a thread writes `data` into the spool `chunk` bytes at a time, telling each
+    length, then `verdict` (default: the export verified at its length)."""
+    spool, db = where / "growing.tar", where / "follow.sqlite"
+    spool.write_bytes(b"")
+    db.unlink(missing_ok=True)
+    read, write = os.pipe()
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), open(spool, "ab") as out, os.fdopen(write, "wb") as lengths:
+            for at in range(0, len(data), chunk):
+                out.write(data[at : at + chunk])
+                out.flush()
+                lengths.write(b"%d\n" % min(len(data), at + chunk))
+                lengths.flush()
+            lengths.write(verdict or b"end %d\n" % len(data))
+
+    fd = os.open(spool, os.O_RDONLY)
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        with os.fdopen(read, "rb") as lengths:
+            build(fd, db, where, lengths=lengths)
+    finally:
+        feeder.join()
+        os.close(fd)
+    return Index(db)
+
+
+@pytest.mark.parametrize(("layout", "compress"), [("legacy", False), ("oci", False), ("podman", False), ("oci", True)])
+def test_an_index_made_as_the_save_arrives_is_the_same(layout: str, compress: bool, tmp_path: Path) -> None:
+    layers = [layer(M("d", "dir"), M("d/f", data=b"1" * 3000), M("h", "hardlink", b"d/f"), M("s", "symlink", b"d")),
+              layer(M(".wh.h"), M("s/g", data=b"2"), M("d/.wh..wh..opq"), M("d/new", xattrs={"user.x": "y"}))]
+    data = save(layers, layout=layout, compress=compress)
+    ix = index_of(data, tmp_path)
+    followed = follow_index(data, tmp_path, chunk=700)
+    try:
+        assert described(followed) == described(ix)
+        assert [followed.changes(n) for n in range(2)] == [ix.changes(n) for n in range(2)]
+    finally:
+        ix.close()
+        followed.close()
+
+
+def test_a_cut_or_broken_export_followed_makes_no_index(tmp_path: Path) -> None:
+    data = save([layer(M("a", data=b"1" * 5000)), layer(M("b", data=b"2"))])
+    with pytest.raises(BadArchive):
+        follow_index(data[: len(data) // 2], tmp_path, chunk=1000)  # cut: verified at a length short of the end
+    with pytest.raises(BadArchive):
+        follow_index(data[: len(data) // 2], tmp_path, chunk=1000, verdict=b"broken\n")

@@ -15,6 +15,8 @@ import json
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+import trio
+
 from ..catalog import Image
 from ..errors import EngineFailed
 from ..references import TreePath
@@ -83,7 +85,7 @@ class LayerDir(Dir):
             return None
         ix = await self.ctx.rootfs.index(self.image.id, self.target)
         if name == "changes":
-            return DocumentFile(path, ix.changes(self.n), mtime)
+            return DocumentFile(path, await trio.to_thread.run_sync(ix.changes, self.n), mtime)  # a sort
         info = ix.layers[self.n]
         doc = {"layer": self.n, "diff_id": info.diff_id, "created_by": info.created_by, "size": info.size,
                "compression": info.compression or None, "changed_paths": info.changed, "wasted_bytes": info.wasted}

@@ -8,40 +8,53 @@ uncompressed tar, so any save of the image (another reference, another engine)
 serves it once that layer's place in the save is known. Compressed layers are
 inflated once into a side file beside the index.
 
-The daemon runs it as `python -m imagefs.rootfs.build FD DB SIDE_DIR [views]`, a process
-of its own: the memory a big image's merge takes goes back when it ends, and the
-mount's event loop never waits for the GIL meanwhile.
+The rootfs is merged row by row onto the table (`rootmerge`: tens of bytes of
+memory per entry, at a few hundred thousand entries per second, big layers
+walked in a child: `walker`); the layer views, wanted less often, on a tree of
+objects (`merge`). With `follow=FD` the save is still arriving (`follow`).
+
+The daemon runs it as `python -m imagefs.rootfs.build FD DB SIDE_DIR [views] [follow=FD]`,
+a process of its own: the memory a big image's merge takes goes back when it
+ends, and the mount's event loop never waits for the GIL meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import resource
 import sqlite3
 import sys
 import zlib
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import IO
 
+from .follow import Growing, Stage, Staged
 from .inflate import inflate_zstd
-from .members import BadArchive, Window, members
-from .merge import Entry, Layer, Merge, implicit_dir, new_entry
+from .members import SPAN, BadArchive, Buffer, Window, members
+from .merge import WHITEOUT, Entry, Layer, Merge, implicit_dir, new_entry
+from .rootmerge import RootMerge
 from .save import LayerRef, read_save
+from .walker import walk
 
-FORMAT = 2
+FORMAT = 3
 ROOTFS = b"rootfs"
 BATCH = 4096
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value);
 CREATE TABLE layer(n INTEGER PRIMARY KEY, diff_id TEXT, member TEXT, compression TEXT, source TEXT,
-                   size INTEGER, created_by TEXT, wasted INTEGER, changed INTEGER, changes BLOB);
+                   size INTEGER, created_by TEXT, wasted INTEGER, changed INTEGER);
 CREATE TABLE node(parent INTEGER, name BLOB, id INTEGER, kind INTEGER, mode INTEGER, uid INTEGER, gid INTEGER,
                   mtime INTEGER, size INTEGER, layer INTEGER, offset INTEGER, link BLOB, rdev INTEGER, ino INTEGER,
-                  nlink INTEGER, PRIMARY KEY(parent, name)) WITHOUT ROWID;
+                  nlink INTEGER, wrote INTEGER, letter TEXT, PRIMARY KEY(parent, name)) WITHOUT ROWID;
 CREATE TABLE xattr(ino INTEGER, key BLOB, value BLOB, PRIMARY KEY(ino, key)) WITHOUT ROWID;
+CREATE TABLE chg(layer INTEGER, path BLOB, letter TEXT);
+CREATE TABLE dirpath(id INTEGER PRIMARY KEY, path BLOB);
 """
 
 
@@ -53,25 +66,73 @@ def removed_tree(n: int) -> bytes:
     return b"removed/%d" % n
 
 
-def build(save_fd: int, db: Path, side_dir: Path, views: bool = False) -> int:
+def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: IO[bytes] | None = None) -> int:
     """Index the save in `save_fd` into a new database at `db`: the merged rootfs, or with `views` each
     layer's own and removed files instead (half the rows, wanted less often: built when first asked for).
+    With `lengths`, the save is still being written and the rootfs is indexed as it arrives (`follow`).
     The number of rows written."""
-    area = Window(save_fd)
+    if lengths is not None:
+        return _build_following(Growing(save_fd, lengths), db, side_dir)
+    area = Window(save_fd, SPAN)
     save = read_save(area)
-    merge = Merge(views)
-    sources = []
-    for ref in save.layers:
-        if ref.compression:
-            source = _inflate(area, ref, side_dir)
-            with open(side_dir / source, "rb") as side:
-                side_area = Window(side.fileno())
-                merge.apply(partial(members, side_area))
-        else:
-            source = ""
-            merge.apply(partial(members, area, ref.offset, ref.offset + ref.size))
-        sources.append(source)
-    return _write(db, save.layers, sources, merge, views)
+    if views:
+        merge = Merge(views)
+        sources = [_walk_layer(area, ref, side_dir, lambda where, _: merge.apply(partial(members, *where)))
+                   for ref in save.layers]
+        return _write(db, save.layers, sources, merge, views)
+    con = _create(db)
+    try:
+        root = RootMerge(con, ROOTFS)
+        sources = [_walk_layer(area, ref, side_dir, lambda where, hides: root.apply(partial(walk, *where), hides))
+                   for ref in save.layers]
+        return _write_root(con, save.layers, sources, root)
+    finally:
+        con.close()
+
+
+def _build_following(area: Growing, db: Path, side_dir: Path) -> int:
+    stage = Stage(area)
+    try:
+        stage.run()
+        save = read_save(area)
+        con = _create(db)
+        try:
+            root = RootMerge(con, ROOTFS)
+            sources = [_apply_staged(area, ref, side_dir, root, stage.staged.get(ref.offset)) for ref in save.layers]
+            return _write_root(con, save.layers, sources, root)
+        finally:
+            con.close()
+    finally:
+        stage.close()
+
+
+def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, staged: Staged | None) -> str:
+    """A layer merged from its staged members; one that was not staged (compressed), as when not following."""
+    if staged is None or ref.compression:
+        return _walk_layer(area, ref, side_dir, lambda where, hides: root.apply(partial(walk, *where), hides))
+    root.apply(staged.walk, lambda: staged.whiteouts)
+    return ""
+
+
+Where = tuple[Buffer, int, int]
+
+
+def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, apply: Callable[[Where, Callable[[], bool]], None]) -> str:
+    """`apply` the layer's tar (where it is; whether it may hold whiteouts); the side file it is in, if any."""
+    if not ref.compression:
+        apply((area, ref.offset, ref.offset + ref.size), partial(_may_hide, area, ref.offset, ref.offset + ref.size))
+        return ""
+    source = _inflate(area, ref, side_dir)
+    with open(side_dir / source, "rb") as side:
+        side_area = Window(side.fileno(), SPAN)
+        apply((side_area, 0, len(side_area)), partial(_may_hide, side_area, 0, len(side_area)))
+    return source
+
+
+def _may_hide(area: Window, start: int, end: int) -> bool:
+    """Can the tar in `area[start:end]` hold a whiteout? Not if `.wh.` is nowhere in it, however its names are
+    written (a C-speed scan, several times faster than a walk)."""
+    return any(WHITEOUT in area[at : min(end, at + SPAN + len(WHITEOUT) - 1)] for at in range(start, end, SPAN))
 
 
 def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
@@ -99,10 +160,26 @@ def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
     return name
 
 
-def _write(db: Path, refs: list[LayerRef], sources: list[str], merge: Merge, views: bool) -> int:
+def _create(db: Path) -> sqlite3.Connection:
     con = sqlite3.connect(db)
+    con.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
+    return con
+
+
+def _write_root(con: sqlite3.Connection, refs: list[LayerRef], sources: list[str], root: RootMerge) -> int:
+    root.finish()
+    con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?)", [
+        (n, ref.diff_id, ref.member, ref.compression, source, ref.size, ref.created_by, root.wasted[n], root.changed[n])
+        for n, (ref, source) in enumerate(zip(refs, sources, strict=True))])
+    rows = con.execute("SELECT count(*) FROM node").fetchone()[0]
+    con.executemany("INSERT INTO meta VALUES (?,?)", [("format", FORMAT), ("rows", rows)])
+    con.commit()
+    return int(rows)
+
+
+def _write(db: Path, refs: list[LayerRef], sources: list[str], merge: Merge, views: bool) -> int:
+    con = _create(db)
     try:
-        con.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
         ids = _Ids()
         trees = [] if views else [(ROOTFS, merge.root)]
         for n, layer in enumerate(merge.layers):
@@ -110,12 +187,12 @@ def _write(db: Path, refs: list[LayerRef], sources: list[str], merge: Merge, vie
         rows = 0
         for name, root in trees:
             for batch in _batches(_rows(name, root, ids)):
-                con.executemany("INSERT INTO node VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+                con.executemany("INSERT INTO node VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
                 rows += len(batch)
         con.executemany("INSERT INTO xattr VALUES (?,?,?)", ids.xattrs)
-        con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?,?)", [
+        con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?)", [
             (n, ref.diff_id, ref.member, ref.compression, source, ref.size, ref.created_by, layer.wasted,
-             len(layer.changes), _changes(layer))
+             len(layer.changes))
             for n, (ref, source, layer) in enumerate(zip(refs, sources, merge.layers, strict=True))])
         con.executemany("INSERT INTO meta VALUES (?,?)", [("format", FORMAT), ("rows", rows)])
         con.commit()
@@ -160,7 +237,7 @@ def _rows(tree: bytes, root: Entry, ids: _Ids) -> Iterator[tuple[object, ...]]:
             nlink = 2 + sum(c.children is not None for c in children.values())
             pending.extend((row, child_name, children[child_name]) for child_name in sorted(children))
         yield (parent, name, row, i.kind, i.mode, i.uid, i.gid, i.mtime, i.size, i.layer, i.offset, i.link,
-               os.makedev(*i.rdev), ids.ino(entry), nlink)
+               os.makedev(*i.rdev), ids.ino(entry), nlink, -1, None)
 
 
 def _removed_root(layer: Layer) -> Entry:
@@ -176,11 +253,6 @@ def _removed_root(layer: Layer) -> Entry:
     return root
 
 
-def _changes(layer: Layer) -> bytes:
-    return b"".join(b"%s /%s\n" % (letter.encode(), b"/".join(path))
-                    for path, letter in sorted(layer.changes.items(), key=lambda item: b"/".join(item[0])))
-
-
 def _batches(rows: Iterator[tuple[object, ...]]) -> Iterator[list[tuple[object, ...]]]:
     batch = []
     for row in rows:
@@ -193,14 +265,26 @@ def _batches(rows: Iterator[tuple[object, ...]]) -> Iterator[list[tuple[object, 
 
 
 def main(argv: list[str]) -> int:
-    """Exit status 0 (the row count on stdout), 2 for a save that is not what it must be (why, on stderr)."""
+    """`FD DB SIDE_DIR [views] [follow=FD]` (follow: the save's lengths come on that pipe, as in `follow`).
+    Exit status 0 (the row count on stdout), 2 for a save that is not what it must be (why, on stderr)."""
     gc.disable()  # a few million small objects and no cycles: collections would only cost time
+    follow = [int(arg.removeprefix("follow=")) for arg in argv[3:] if arg.startswith("follow=")]
     try:
-        print(build(int(argv[0]), Path(argv[1]), Path(argv[2]), views=argv[3:] == ["views"]))
+        with os.fdopen(follow[0], "rb") if follow else contextlib.nullcontext() as lengths:
+            print(build(int(argv[0]), Path(argv[1]), Path(argv[2]), views="views" in argv[3:], lengths=lengths))
+        print(f"peak RSS {_peak_kib()} KiB", file=sys.stderr)
     except BadArchive as exc:
         print(exc, file=sys.stderr)
         return 2
     return 0
+
+
+def _peak_kib() -> int:
+    """This process's peak RSS and its walkers': `ru_maxrss` of its own would count, after a vfork, the peak of
+    the process that started it."""
+    with open("/proc/self/status") as status:
+        own = next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,6 +38,7 @@ from .trim import INDEX, trim
 log = logging.getLogger(__name__)
 
 MAX_OPEN = 16  # indexes open at once; another is opened again from disk in microseconds
+LENGTHS_EVERY = 0.02  # seconds between the lengths told to a builder that follows a running export
 
 
 @dataclass
@@ -91,39 +93,52 @@ class Indexes:
             return ix
         export = await self.exports.open(self.exports.for_image(image_id, target))
         try:
-            await export.done.wait()
-            if export.error is not None:
-                raise export.error
-            start = trio.current_time()
-            rows, size = await self._build(export, path, views)
-            log.info("index of %s%s: built, %d rows, %d bytes, %.3f s", image_id[:12], " (layers)" if views else "",
-                     rows, size, trio.current_time() - start)
+            started = trio.current_time()
+            rows, size, ended = await self._build(export, path, views)
+            log.info("index of %s%s: built, %d rows, %d bytes, %.3f s after the export", image_id[:12],
+                     " (layers)" if views else "", rows, size, trio.current_time() - max(started, ended))
             ix = await trio.to_thread.run_sync(Index, path)
             await self._trim(keep=path.name)
             return ix
         finally:
             await self.exports.release(export)
 
-    async def _build(self, export: Export, path: Path, views: bool) -> tuple[int, int]:
-        """Index the spool into `path`, which appears only once whole; its rows and bytes."""
+    async def _build(self, export: Export, path: Path, views: bool) -> tuple[int, int, float]:
+        """Index the spool into `path`, which appears only once whole and only from a verified export; its rows
+        and bytes, and when the export ended. The rootfs of an export still running is indexed as it arrives."""
         names = " ".join(export.content.names)
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        follow = not views and not export.done.is_set()
+        while follow and export.fd < 0 and not export.done.is_set():
+            await trio.sleep(LENGTHS_EVERY)  # its spool is being made
+        if not follow:
+            await export.done.wait()
+        if export.done.is_set() and export.error is not None:
+            raise export.error
+        lengths, tell = os.pipe() if follow else (-1, -1)
+        ended = [trio.current_time()]
         try:
             await trio.to_thread.run_sync(partial(self.directory.mkdir, mode=0o700, exist_ok=True))
             command = [sys.executable, "-m", "imagefs.rootfs.build", str(export.fd), str(part), str(self.directory),
-                       *(["views"] if views else [])]
-            done = await trio.run_process(command, pass_fds=(export.fd,), capture_stdout=True, capture_stderr=True,
-                                          check=False)
-            why = done.stderr.decode(errors="replace").strip()
-            if done.returncode == 2:
-                raise ExportBroken(f"export of {names}: {why}")
-            if done.returncode != 0:
-                log.error("indexing the export of %s failed (exit status %d):\n%s", names, done.returncode, why)
-                raise ExportBroken(f"export of {names} could not be indexed: {why.splitlines()[-1:]}")
-            return int(done.stdout), await trio.to_thread.run_sync(_publish, part, path)
+                       *(["views"] if views else []), *([f"follow={lengths}"] if follow else [])]
+            async with trio.open_nursery() as nursery:
+                if follow:
+                    nursery.start_soon(_tell_lengths, export, tell, ended)
+                    tell = -1  # the task's now
+                done = await _run(command, (export.fd, *([lengths] if follow else [])))
+                await export.done.wait()  # an index stands only on a verified export
+            if export.error is not None:
+                raise export.error
+            if isinstance(done, OSError):
+                raise done
+            _check(done, names)
+            return int(done.stdout), await trio.to_thread.run_sync(_publish, part, path), ended[0]
         except OSError as exc:
             raise SpoolError.of(exc, f"the index {path}") from None
         finally:
+            for fd in (lengths, tell):
+                if fd >= 0:
+                    os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(part)
 
@@ -163,6 +178,46 @@ class Indexes:
         except BaseException:
             await self.exports.release(export)
             raise
+
+
+async def _tell_lengths(export: Export, fd: int, ended: list[float]) -> None:
+    """Tell the builder the spool's length as it grows, then the export's verdict (`follow`); note when it
+    ended in `ended`."""
+    stream = trio.lowlevel.FdStream(fd)
+    try:
+        told = -1
+        while True:
+            finished = export.done.is_set()
+            if export.size != told:
+                told = export.size
+                await stream.send_all(b"%d\n" % told)
+            if finished:
+                ended[0] = trio.current_time()
+                await stream.send_all(b"broken\n" if export.error is not None else b"end %d\n" % export.size)
+                return
+            with trio.move_on_after(LENGTHS_EVERY):
+                await export.done.wait()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the builder is done, or gave up
+    finally:
+        await stream.aclose()
+
+
+async def _run(command: list[str], fds: tuple[int, ...]) -> subprocess.CompletedProcess[bytes] | OSError:
+    """The builder's run; an OSError is returned, not raised, so that it leaves its nursery as itself."""
+    try:
+        return await trio.run_process(command, pass_fds=fds, capture_stdout=True, capture_stderr=True, check=False)
+    except OSError as exc:
+        return exc
+
+
+def _check(done: subprocess.CompletedProcess[bytes], names: str) -> None:
+    why = done.stderr.decode(errors="replace").strip()
+    if done.returncode == 2:
+        raise ExportBroken(f"export of {names}: {why}")
+    if done.returncode != 0:
+        log.error("indexing the export of %s failed (exit status %d):\n%s", names, done.returncode, why)
+        raise ExportBroken(f"export of {names} could not be indexed: {why.splitlines()[-1:]}")
 
 
 def _publish(part: Path, path: Path) -> int:

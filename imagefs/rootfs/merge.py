@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .members import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Member, components
 
@@ -27,6 +28,7 @@ OPAQUE = b".wh..wh..opq"
 MAX_HOPS = 40  # symbolic links followed for one path, as Linux's MAXSYMLINKS
 
 Path = tuple[bytes, ...]
+H = TypeVar("H")  # a directory, as a tree holds it
 
 
 @dataclass(slots=True, eq=False)
@@ -186,15 +188,17 @@ class Merge:
         cached = self._parents.get(path)
         if cached is not None:
             return cached
-        found = _resolve(self.root, path, create)
+        found = resolve(self.root, path, _step(create))
         if found is not None:
             self._parents[path] = found
         return found
 
 
-def _resolve(root: Entry, path: Path, create: bool) -> tuple[Entry, Path] | None:
+def resolve(root: H, path: Path, step: Callable[[H, bytes], H | bytes | None]) -> tuple[H, Path] | None:
+    """The directory at `path` below `root`, links followed inside the root, and its real path. `step(here,
+    name)` is the directory `name` in `here` (made, if it may be), a link's target, or None (no directory)."""
     pending = list(reversed(path))
-    stack: list[tuple[bytes, Entry]] = [(b"", root)]
+    stack: list[tuple[bytes, H]] = [(b"", root)]
     hops = 0
     while pending:
         name = pending.pop()
@@ -204,25 +208,34 @@ def _resolve(root: Entry, path: Path, create: bool) -> tuple[Entry, Path] | None
             if len(stack) > 1:
                 stack.pop()
             continue
-        here = stack[-1][1]
-        assert here.children is not None
-        child = here.children.get(name)
-        if child is None:
-            if not create:
-                return None
-            child = here.children[name] = new_entry(implicit_dir(), -1)
-        elif child.inode.kind == SYMLINK:
+        child = step(stack[-1][1], name)
+        if isinstance(child, bytes):
             hops += 1
             if hops > MAX_HOPS:
                 return None
-            if child.inode.link.startswith(b"/"):
+            if child.startswith(b"/"):
                 stack = stack[:1]
-            pending.extend(reversed(child.inode.link.split(b"/")))
+            pending.extend(reversed(child.split(b"/")))
             continue
-        elif child.children is None:
+        if child is None:
             return None
         stack.append((name, child))
     return stack[-1][1], tuple(name for name, _ in stack[1:])
+
+
+def _step(create: bool) -> Callable[[Entry, bytes], Entry | bytes | None]:
+    def step(here: Entry, name: bytes) -> Entry | bytes | None:
+        assert here.children is not None
+        child = here.children.get(name)
+        if child is None:
+            if create:
+                child = here.children[name] = new_entry(implicit_dir(), -1)
+            return child
+        if child.inode.kind == SYMLINK:
+            return child.inode.link
+        return child if child.children is not None else None
+
+    return step
 
 
 def _own(root: Entry, path: Path, inode: Inode) -> None:

@@ -1,0 +1,288 @@
+"""The merged rootfs, layer by layer, onto the index's node table (`live`): `merge`'s rules, row by row.
+
+The rules are `merge`'s (its docstring lists them), and so are the paths'
+letters (`changes`), the bytes each layer wasted and the hardlink identities;
+`merge` stays the model for the layer views, which need every layer's own
+tree. What differs is where the tree lives: a member that adds a file where
+nothing is costs a tuple in a batch; anything else (directories, hardlinks,
+extended attributes, a parent not seen yet, a path already there) takes the
+slow path, which asks the table. A batch that meets a path already there is
+cut at that row: the rows before it are in, that member takes the slow path,
+and the members after it are replayed (that one may have removed a directory
+their rows were put under).
+
+A path's letter lives in its row while the row does (`wrote`, `letter`); when
+a later layer removes or rewrites the row, the letter moves to the `chg` table,
+and `changes` reads both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+
+from .live import ROOT_ID, Live, Path, Row
+from .members import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Raw, components
+from .merge import OPAQUE, WHITEOUT
+
+BATCH = 4096
+ROWS_PER_INSERT = 64  # rows one INSERT statement takes: SQLite's cost per statement, not per row
+_ODD_NAMES = frozenset((b"", b".", b".."))
+_ATTRS = "kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino"
+Attrs = tuple[int, int, int, int, int, int, int, int, bytes, int, int]  # a row's inode: kind … ino (0: a new one)
+FastRow = tuple[int, bytes, int, int, int, int, int, int, int, int]  # parent, name, id, mode … offset, ino
+Replay = list[tuple[Raw, bool]]  # members again, in order; True: the slow path for certain
+
+
+class RootMerge:
+    def __init__(self, con: sqlite3.Connection, root_name: bytes) -> None:
+        self.con = con
+        self.tree = Live(con, root_name)
+        self.n = -1
+        self.wasted: list[int] = []
+        self.changed: list[int] = []  # each layer's paths with a letter
+        self.alive = 0  # rows the layer being merged wrote, still there
+        self.pending: list[tuple[FastRow, Raw]] = []  # fast-path rows of regular files, and their members
+        self._insert = ("", "")  # a row of the fast path, and ROWS_PER_INSERT of them
+        self.batch = 1  # rows a batch takes: doubled after each batch that went in whole, to BATCH; 1 after one
+        # that met a path already there, so that a layer rewriting many paths replays few members per path
+        self.replay: deque[tuple[Raw, bool]] = deque()
+        self.deleted: set[Path] = set()  # what this layer's whiteouts removed (D), not added again
+        self.touched: dict[Path, str] = {}  # letters of this layer's rows that went again
+        self.linked: dict[int, set[tuple[int, bytes]]] = {}  # hardlinked inodes: the keys of their rows
+        self.with_xattrs: Counter[int] = Counter()  # inodes with extended attributes: their rows
+        con.executescript("""
+            CREATE TEMP TABLE removed(path BLOB PRIMARY KEY, kind, mode, uid, gid, mtime, size, layer, offset, link,
+                                      rdev, ino) WITHOUT ROWID;""")
+
+    def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool]) -> None:
+        """The next layer, bottom first: `walk()` gives its members in batches, twice if `whiteouts()` says it
+        may hold whiteouts: those first."""
+        self.n += 1
+        self.wasted.append(0)
+        self.alive = 0
+        self.tree.moved()
+        self.deleted, self.touched = set(), {}
+        self.con.execute("DELETE FROM removed")
+        if self.n > 0 and whiteouts():  # the lowest layer's hide nothing
+            for m in itertools.chain.from_iterable(walk()):
+                path = components(m[0])
+                if path and path[-1].startswith(WHITEOUT):
+                    self._whiteout(path)
+        row = f"(?,?,?,{REGULAR},?,?,?,?,?,{self.n},?,x'',0,?,1,{self.n},'A')"
+        self._insert = (f"INSERT OR IGNORE INTO node VALUES {row}",
+                        f"INSERT OR IGNORE INTO node VALUES {','.join([row] * ROWS_PER_INSERT)}")
+        by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
+        deleted, touched = self.deleted, self.touched
+        for m, slow in self._members(walk):
+            if not slow and m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
+                parent, _, name = m[0].rpartition(b"/")
+                found = by_raw.get(parent)
+                if (found is not None and name not in _ODD_NAMES and not name.startswith(WHITEOUT)
+                        and not ((deleted or touched) and lettered((*found[1], name)))):
+                    row_id = next(ids)
+                    pending.append(((found[0], name, row_id, m[2], m[3], m[4], m[5], m[6], m[7], row_id), m))
+                    if len(pending) >= self.batch:
+                        self.replay.extendleft(reversed(self._flush()))
+                    continue
+            again = self._flush()  # the slow path reads the table: the batch goes in first
+            if again:
+                self.replay.extendleft(reversed([*again, (m, slow)]))
+            else:
+                self._add(m)
+        self._chg([(self.n, b"/".join(p), "D") for p in self.deleted])
+        self._chg([(self.n, b"/".join(p), letter) for p, letter in self.touched.items()])
+        self.changed.append(self.alive + len(self.deleted) + len(self.touched))
+
+    def _members(self, walk: Callable[[], Iterator[list[Raw]]]) -> Iterator[tuple[Raw, bool]]:
+        """The layer's members, each replayed one (`replay`) before the next: those after a row that met a
+        path already there, in order. True: the slow path for certain."""
+        for batch in walk():
+            for m in batch:
+                yield m, False
+                while self.replay:
+                    yield self.replay.popleft()
+        while self.pending or self.replay:
+            self.replay.extendleft(reversed(self._flush()))
+            while self.replay:
+                yield self.replay.popleft()
+
+    def _flush(self) -> Replay:
+        """The batch in; what must be replayed if a row met a path already there: the members after the first
+        such row, whose rows are taken out again (that member may remove a directory they are under)."""
+        batch = list(self.pending)
+        self.pending.clear()
+        if not batch:
+            return []
+        before, rows = self.con.total_changes, [row for row, _ in batch]
+        whole = len(rows) - len(rows) % ROWS_PER_INSERT
+        self.con.executemany(self._insert[1], [tuple(itertools.chain.from_iterable(rows[at : at + ROWS_PER_INSERT]))
+                                               for at in range(0, whole, ROWS_PER_INSERT)])
+        self.con.executemany(self._insert[0], rows[whole:])
+        if self.con.total_changes - before == len(rows):
+            self.alive += len(rows)
+            self.batch = min(BATCH, 2 * self.batch)
+            return []
+        first = next(i for i, row in enumerate(rows) if not self._ours(row))
+        self.con.executemany("DELETE FROM node WHERE parent = ? AND name = ? AND id = ?",
+                             [row[:3] for row in rows[first + 1 :]])
+        self.alive += first
+        self.batch = 1
+        return [(batch[first][1], True), *((m, False) for _, m in batch[first + 1 :])]
+
+    def _ours(self, row: FastRow) -> bool:
+        """Did this fast-path row go in (or was its path there already)?"""
+        found = self.con.execute("SELECT id FROM node WHERE parent = ? AND name = ?", row[:2]).fetchone()
+        return bool(found and found[0] == row[2])
+
+    # --- the slow path --------------------------------------------------------------------
+
+    def _add(self, m: Raw) -> None:
+        path = components(m[0])
+        if path is None or (path and path[-1].startswith(WHITEOUT)):
+            return
+        attrs = self._attrs(m)
+        if attrs is None:
+            return
+        if not path:  # the root itself: only its attributes
+            if attrs[0] == DIRECTORY:
+                root = self.tree.row(0, self.tree.dirs[ROOT_ID].name)
+                assert root is not None
+                self._rewrite(root, attrs, m, -1, None)
+            return
+        found = self.tree.resolve(path[:-1], create=True)
+        if found is None:
+            return  # its parent is a file, or a loop of links: no engine could unpack it
+        raw_parent, _, raw_name = m[0].rpartition(b"/")
+        if raw_name == path[-1]:
+            self.tree.by_raw[raw_parent] = found
+        parent, name, resolved = found[0], path[-1], (*found[1], path[-1])
+        old = self.tree.row(parent, name)
+        letter = self._letter(resolved, old)
+        if old is not None and old[3] == DIRECTORY and attrs[0] == DIRECTORY:
+            self._moved_letter(old, resolved)
+            self._rewrite(old, attrs, m, self.n, letter)
+            return
+        if old is not None:
+            self._remove(old, resolved, own=old[15] == self.n)
+            self.touched.pop(resolved, None)  # the new row holds the path's letter
+        row_id = self.tree.new_id()
+        ino = attrs[10] or self._new_inode(row_id, m)
+        row = (parent, name, row_id, *attrs[:10], ino, 2 if attrs[0] == DIRECTORY else 1, self.n, letter)
+        self.tree.insert(row, resolved)  # type: ignore[arg-type]
+        self.alive += 1
+        self._count(row, 1)  # type: ignore[arg-type]
+
+    def _attrs(self, m: Raw) -> Attrs | None:
+        """A member's inode: its own, or for a hardlink its target's as the tree holds it now."""
+        kind = m[1]
+        if kind != HARDLINK:
+            data = kind == REGULAR
+            return (kind, m[2], m[3], m[4], m[5], m[6], self.n if data else -1, m[7] if data else 0,
+                    m[8] if kind == SYMLINK else b"", os.makedev(*m[9]), 0)
+        target = components(m[8])
+        if not target:
+            return None
+        found = self.tree.resolve(target[:-1], create=False)
+        row = self.tree.row(found[0], target[-1]) if found is not None else None
+        if row is not None:
+            attrs: Attrs | None = row[3:14]  # type: ignore[assignment]
+        else:  # whited out by this layer, after the link in its tar: the link holds the old file
+            attrs = self.con.execute(f"SELECT {_ATTRS} FROM removed WHERE path = ?", (b"/".join(target),)).fetchone()
+        if attrs is None or attrs[0] == DIRECTORY:
+            return None  # a link to nothing, or to a directory: no engine would unpack it
+        self.linked.setdefault(attrs[10], {row[:2]} if row is not None else set())
+        return attrs
+
+    def _new_inode(self, ino: int, m: Raw) -> int:
+        if m[10]:
+            self.con.executemany("INSERT INTO xattr VALUES (?,?,?)", [(ino, k, v) for k, v in m[10].items()])
+            self.with_xattrs[ino] += 0  # known to have some; its rows are counted as they come and go
+        return ino
+
+    def _rewrite(self, old: Row, attrs: Attrs, m: Raw, wrote: int, letter: str | None) -> None:
+        """A directory's new attributes (a new inode), its id and children kept."""
+        self._count(old, -1)
+        self.alive += wrote == self.n != old[15]
+        ino = self._new_inode(self.tree.new_id(), m)
+        self.con.execute("UPDATE node SET kind = ?, mode = ?, uid = ?, gid = ?, mtime = ?, size = ?, layer = ?, "
+                         "offset = ?, link = ?, rdev = ?, ino = ?, wrote = ?, letter = ? WHERE parent = ? AND name = ?",
+                         (*attrs[:10], ino, wrote, letter, *old[:2]))
+        if ino in self.with_xattrs:
+            self.with_xattrs[ino] += 1
+
+    def _lettered(self, path: Path) -> bool:
+        """Has this layer a letter for `path` that no row holds?"""
+        return path in self.deleted or path in self.touched
+
+    def _letter(self, resolved: Path, old: Row | None) -> str:
+        if resolved in self.deleted or (old is not None and old[15] != self.n):
+            self.deleted.discard(resolved)
+            self.touched.pop(resolved, None)
+            return "C"  # also what a whiteout of this layer removed, then re-added
+        if old is not None and old[16] is not None:
+            return old[16]
+        return self.touched.pop(resolved, "A")
+
+    def _moved_letter(self, old: Row, path: Path) -> None:
+        """A lower layer's letter for a path this layer rewrites: kept in `chg`."""
+        if 0 <= old[15] != self.n:
+            self._chg([(old[15], b"/".join(path), old[16])])
+
+    def _remove(self, old: Row, path: Path, own: bool = False) -> None:
+        """`own`: an earlier member of the same path in this layer, which nobody below ever saw."""
+        gone = self.tree.remove(old, path)
+        moved = []
+        for row, where in gone:
+            if row[9] >= 0 and row[3] == REGULAR:
+                self.wasted[row[9]] += row[8]
+            if row[15] == self.n:
+                self.touched[where] = row[16]  # type: ignore[assignment]
+                self.alive -= 1
+            elif row[15] >= 0:
+                moved.append((row[15], b"/".join(where), row[16]))
+            self._count(row, -1)
+        self._chg(moved)
+        if not own:
+            self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                                 [(b"/".join(where), *row[3:14]) for row, where in gone])
+
+    def _whiteout(self, path: Path) -> None:
+        found = self.tree.resolve(path[:-1], create=False)
+        if found is None:
+            return  # a whiteout of something no lower layer has
+        parent, where = found
+        if path[-1] == OPAQUE:
+            rows = self.tree.children(parent)
+        else:
+            row = self.tree.row(parent, path[-1][len(WHITEOUT) :])
+            rows = [row] if row is not None else []
+        for row in rows:
+            self._remove(row, (*where, row[1]))
+            self.deleted.add((*where, row[1]))
+
+    def _count(self, row: Row, step: int) -> None:
+        keys = self.linked.get(row[13])
+        if keys is not None:
+            (keys.add if step > 0 else keys.discard)(row[:2])
+        if row[13] in self.with_xattrs:
+            self.with_xattrs[row[13]] += step
+
+    def _chg(self, rows: Iterable[tuple[int, bytes, str | None]]) -> None:
+        self.con.executemany("INSERT INTO chg VALUES (?,?,?)", rows)
+
+    # --- the end --------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Link counts and the inodes' extended attributes set right; where each directory is (`changes`)."""
+        subdirs = Counter(d.parent for d in self.tree.dirs.values())
+        self.con.executemany("UPDATE node SET nlink = ? WHERE parent = ? AND name = ?",
+                             [(2 + subdirs[i], d.parent, d.name) for i, d in self.tree.dirs.items()])
+        self.con.executemany("UPDATE node SET nlink = ? WHERE parent = ? AND name = ?",
+                             [(len(keys), *key) for keys in self.linked.values() for key in keys])
+        self.con.executemany("DELETE FROM xattr WHERE ino = ?", [(i,) for i, n in self.with_xattrs.items() if not n])
+        self.con.executemany("INSERT INTO dirpath VALUES (?,?)",
+                             [(i, b"".join(name + b"/" for name in d.path)) for i, d in self.tree.dirs.items()])
