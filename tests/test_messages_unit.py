@@ -72,6 +72,13 @@ def test_a_transcript_keeps_one_line_per_layer() -> None:
     assert t.aux == [{"ID": "sha256:1"}]
 
 
+def test_a_last_line_without_its_newline_counts() -> None:
+    transcript = messages.Transcript()  # podman's load says its one line so
+    transcript.add({"stream": "Loaded image: docker.io/myorg/app:1.0"})
+    assert transcript.lines == ["Loaded image: docker.io/myorg/app:1.0"]
+    assert transcript.text() == "Loaded image: docker.io/myorg/app:1.0\n"
+
+
 def test_a_transcripts_progress_counts_layers_and_bytes() -> None:
     t = messages.Transcript()
     for m in [{"status": "Pulling from team/app", "id": "1"},

@@ -128,7 +128,8 @@ class Transcript:
 
     @property
     def lines(self) -> list[str]:
-        return list(self.entries.values())
+        """Every line kept, the last one too when the stream ended without its newline (podman's load)."""
+        return [*self.entries.values(), *([self._partial] if self._partial else [])]
 
     def add(self, message: dict[str, Any]) -> None:
         if "aux" in message:
@@ -184,6 +185,4 @@ class Transcript:
 
     def text(self) -> str:
         shown = ([f"({self.dropped} earlier lines not kept)"] if self.dropped else []) + self.lines
-        if self._partial:
-            shown.append(self._partial)
         return "".join(f"{line}\n" for line in shown)

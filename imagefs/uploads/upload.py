@@ -361,6 +361,6 @@ class Upload:
     def _progress(self) -> str:
         if self.state is State.SPOOLING:
             return f"{human_size(self.sent)} spooled locally (sent whole at the close)"
-        if self._spool is not None and self.state is State.SENDING:
+        if self.spooled:  # what reached the engine is only what was sent from the spool
             return f"{human_size(self.uploaded)} of {human_size(self.sent)} sent"
         return f"{human_size(self.sent)} sent"
