@@ -12,6 +12,7 @@
     ├── EngineUnreachable        no connection, or the connection broke
     ├── EngineTimeout            the engine did not answer in time
     ├── ExportBroken             an export that is not whole, not its file's image, or of another length
+    │   └── ExportMoved          it holds another image: a tag moved while the engine saved it
     ├── SpoolError               the local cache failed (a full disk is ENOSPC): not the engine's fault
     ├── Closing                  the mount is going away: imagefs ended it, the engine did not fail
     ├── BadCommand               a control write imagefs refuses before sending anything
@@ -89,6 +90,11 @@ class EngineTimeout(ImagefsError):
 
 class ExportBroken(ImagefsError):
     """An export that ended but is not what its file promises: EIO, and nothing of it is served."""
+
+
+class ExportMoved(ExportBroken):
+    """A whole save of a reference that another image took while the engine saved it: what the reference
+    names now, not the image asked for (that image can still be saved by its ID)."""
 
 
 class SpoolError(ImagefsError):

@@ -20,13 +20,15 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
-from ..errors import ExportBroken, ImagefsError, SpoolError
+from ..errors import ExportBroken, ExportMoved, ImagefsError, SpoolError
 from ..spool.export import Export
 from ..spool.exports import Exports
 from .build import FORMAT
@@ -36,6 +38,7 @@ from .save import read_save
 from .trim import INDEX, trim
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_OPEN = 16  # indexes open at once; another is opened again from disk in microseconds
 LENGTHS_EVERY = 0.02  # seconds between the lengths told to a builder that follows a running export
@@ -91,6 +94,20 @@ class Indexes:
             ix = await trio.to_thread.run_sync(Index, path)
             await trio.to_thread.run_sync(os.utime, path)  # used now: the last to be evicted
             return ix
+        return await self._by_id_if_moved(image_id, target, partial(self._indexed, image_id, path, views))
+
+    async def _by_id_if_moved(self, image_id: str, target: str, use: Callable[[str], Awaitable[T]]) -> T:
+        """`use` the export of `target`; when the reference was moved to another image while the engine saved
+        it, that of the image by its ID: a second export, but only in that race, and the image's own bytes."""
+        try:
+            return await use(target)
+        except ExportMoved as exc:
+            if target == image_id:
+                raise
+            log.warning("%s; exporting image %s by its ID instead", exc, image_id[:12])
+            return await use(image_id)
+
+    async def _indexed(self, image_id: str, path: Path, views: bool, target: str) -> Index:
         export = await self.exports.open(self.exports.for_image(image_id, target))
         try:
             started = trio.current_time()
@@ -162,6 +179,9 @@ class Indexes:
             except OSError as exc:
                 raise SpoolError.of(exc, f"the inflated layer {info.source}") from None
             return Source(self, None, fd, 0)
+        return await self._by_id_if_moved(image_id, target, partial(self._source, image_id, layer, info.diff_id))
+
+    async def _source(self, image_id: str, layer: int, layer_diff_id: str, target: str) -> Source:
         export = await self.exports.open(self.exports.for_image(image_id, target))
         try:
             await export.done.wait()
@@ -171,9 +191,9 @@ class Indexes:
             if starts is None:
                 starts = self._starts[export.name] = await trio.to_thread.run_sync(_layer_starts, export)
             diff_id, start = starts[layer] if layer < len(starts) else ("", 0)
-            if diff_id != info.diff_id:
+            if diff_id != layer_diff_id:
                 raise ExportBroken(f"export of {target} holds layer {diff_id or 'none'} where the index has "
-                                   f"{info.diff_id}")
+                                   f"{layer_diff_id}")
             return Source(self, export, export.fd, start)
         except BaseException:
             await self.exports.release(export)

@@ -24,7 +24,7 @@ import trio
 from .. import tarcheck
 from ..engine import Engine, Flavor, quote_name
 from ..engine.flavor import SAVE_INDEXES, normalized, save_name
-from ..errors import Closing, ExportBroken, ImagefsError, SpoolError
+from ..errors import Closing, ExportBroken, ExportMoved, ImagefsError, SpoolError
 from .export import Content, Export, State
 from .reader import Reader
 from .sizes import Sizes
@@ -159,7 +159,7 @@ class Exports:
                                f"{walk.problem} (cut short, or an error inside the stream?)")
         problem = _content_problem(self.engine.flavor, walk.kept, export.content)
         if problem:
-            raise ExportBroken(f"export of {names}: {problem}")
+            raise problem
         if export.expected is not None and export.expected != export.size:
             self.sizes.forget(export.key)
             await self._save_sizes()
@@ -254,17 +254,18 @@ def _discard(store: Store, export: Export) -> None:
             os.ftruncate(export.fd, 0)
 
 
-def _content_problem(flavor: Flavor, members: dict[str, bytes], content: Content) -> str | None:
+def _content_problem(flavor: Flavor, members: dict[str, bytes], content: Content) -> ExportBroken | None:
     """Whether the archive holds exactly the images asked for, each under its reference (how a save
     says which images it holds depends on the engine: flavor)."""
+    names = " ".join(content.names)
     try:
         saved = flavor.saved(members)
     except ValueError as exc:
-        return str(exc)
+        return ExportBroken(f"export of {names}: {exc}")
     held = {ref: image_id for image_id, refs in saved.items() for ref in refs}
     wanted = {image_id for _, image_id in content.images}
     moved = [ref for ref, image_id in content.images if held.get(normalized(ref), image_id) != image_id]
     if saved.keys() != wanted or moved:
-        return (f"it holds image(s) {' '.join(sorted(i[:12] for i in saved))}, not "
-                f"{' '.join(sorted(i[:12] for i in wanted))}: a tag moved while the engine saved it")
+        return ExportMoved(f"export of {names}: it holds image(s) {' '.join(sorted(i[:12] for i in saved))}, not "
+                           f"{' '.join(sorted(i[:12] for i in wanted))}: a tag moved while the engine saved it")
     return None
