@@ -54,13 +54,19 @@ class RootMerge:
         self.touched: dict[Path, str] = {}  # letters of this layer's rows that went again
         self.linked: dict[int, set[tuple[int, bytes]]] = {}  # hardlinked inodes: the keys of their rows
         self.with_xattrs: Counter[int] = Counter()  # inodes with extended attributes: their rows
+        # what the layer views (`views`) are told: each hardlink's inode as the tree held it, each removal's rows
+        self.on_link: Callable[[Raw, Attrs | None], None] | None = None
+        self.on_gone: Callable[[list[tuple[Row, Path]]], None] | None = None
+        self.made: dict[int, int] | None = None  # the layer's new inodes but files' and directories': their offsets
         con.executescript("""
             CREATE TEMP TABLE removed(path BLOB PRIMARY KEY, kind, mode, uid, gid, mtime, size, layer, offset, link,
                                       rdev, ino) WITHOUT ROWID;""")
 
-    def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool]) -> None:
+    def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool],
+              merged: Callable[[list[Raw]], None] | None = None) -> None:
         """The next layer, bottom first: `walk()` gives its members in batches, twice if `whiteouts()` says it
-        may hold whiteouts: those first."""
+        may hold whiteouts: those first. `merged(batch)`: told of each batch once its members are merged (but
+        for rows still waiting to go in)."""
         self.n += 1
         self.wasted.append(0)
         self.alive = 0
@@ -77,7 +83,7 @@ class RootMerge:
                         f"INSERT OR IGNORE INTO node VALUES {','.join([row] * ROWS_PER_INSERT)}")
         by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
         deleted, touched = self.deleted, self.touched
-        for m, slow in self._members(walk):
+        for m, slow in self._members(walk, merged):
             if not slow and m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
                 parent, _, name = m[0].rpartition(b"/")
                 found = by_raw.get(parent)
@@ -97,7 +103,8 @@ class RootMerge:
         self._chg([(self.n, b"/".join(p), letter) for p, letter in self.touched.items()])
         self.changed.append(self.alive + len(self.deleted) + len(self.touched))
 
-    def _members(self, walk: Callable[[], Iterator[list[Raw]]]) -> Iterator[tuple[Raw, bool]]:
+    def _members(self, walk: Callable[[], Iterator[list[Raw]]],
+                 merged: Callable[[list[Raw]], None] | None) -> Iterator[tuple[Raw, bool]]:
         """The layer's members, each replayed one (`replay`) before the next: those after a row that met a
         path already there, in order. True: the slow path for certain."""
         for batch in walk():
@@ -105,6 +112,8 @@ class RootMerge:
                 yield m, False
                 while self.replay:
                     yield self.replay.popleft()
+            if merged is not None:  # every hardlink of the batch was merged: links take the slow path at once
+                merged(batch)
         while self.pending or self.replay:
             self.replay.extendleft(reversed(self._flush()))
             while self.replay:
@@ -145,6 +154,8 @@ class RootMerge:
         if path is None or (path and path[-1].startswith(WHITEOUT)):
             return
         attrs = self._attrs(m)
+        if self.on_link is not None and m[1] == HARDLINK:
+            self.on_link(m, attrs)
         if attrs is None:
             return
         if not path:  # the root itself: only its attributes
@@ -171,6 +182,8 @@ class RootMerge:
             self.touched.pop(resolved, None)  # the new row holds the path's letter
         row_id = self.tree.new_id()
         ino = attrs[10] or self._new_inode(row_id, m)
+        if self.made is not None and not attrs[10] and attrs[0] not in (REGULAR, DIRECTORY):
+            self.made[ino] = m[7]
         row = (parent, name, row_id, *attrs[:10], ino, 2 if attrs[0] == DIRECTORY else 1, self.n, letter)
         self.tree.insert(row, resolved)  # type: ignore[arg-type]
         self.alive += 1
@@ -246,6 +259,8 @@ class RootMerge:
                 moved.append((row[15], b"/".join(where), row[16]))
             self._count(row, -1)
         self._chg(moved)
+        if not own and self.on_gone is not None:
+            self.on_gone(gone)
         if not own:
             self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                                  [(b"/".join(where), *row[3:14]) for row, where in gone])
