@@ -83,14 +83,17 @@ def rows_of(tree: bytes, root: Entry, ids: Ids) -> Iterator[tuple[object, ...]]:
 
 
 def removed_root(layer: Layer) -> Entry:
-    """What a layer removed or replaced, as it was, at the paths it had."""
+    """What a layer removed or replaced, as it was, at the paths it had; nothing below a file it removed (a
+    path under it was removed from a directory the layer made there since)."""
     root = new_entry(implicit_dir(), -1)
     for path, old in sorted(layer.removed.items()):
-        here = root
+        here: Entry | None = root
         for name in path[:-1]:
-            assert here.children is not None
-            here = here.children.setdefault(name, new_entry(implicit_dir(), -1))
-        if here.children is not None:
+            if here is not None and here.children is not None:
+                here = here.children.setdefault(name, new_entry(implicit_dir(), -1))
+            else:
+                here = None
+        if here is not None and here.children is not None:
             here.children[path[-1]] = old
     return root
 

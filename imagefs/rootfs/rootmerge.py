@@ -50,6 +50,8 @@ class RootMerge:
         self.batch = 1  # rows a batch takes: doubled after each batch that went in whole, to BATCH; 1 after one
         # that met a path already there, so that a layer rewriting many paths replays few members per path
         self.replay: deque[tuple[Raw, bool]] = deque()
+        self.moved: list[tuple[int, bytes, str | None]] = []  # letters and removals of files rewritten in place
+        self.removals: list[tuple[object, ...]] = []
         self.deleted: set[Path] = set()  # what this layer's whiteouts removed (D), not added again
         self.touched: dict[Path, str] = {}  # letters of this layer's rows that went again
         self.linked: dict[int, set[tuple[int, bytes]]] = {}  # hardlinked inodes: the keys of their rows
@@ -120,8 +122,9 @@ class RootMerge:
                 yield self.replay.popleft()
 
     def _flush(self) -> Replay:
-        """The batch in; what must be replayed if a row met a path already there: the members after the first
-        such row, whose rows are taken out again (that member may remove a directory they are under)."""
+        """The batch in; a row that met a file already there replaces it in place; what must be replayed if one
+        met a directory or a link: the members from that one on, whose rows are taken out again (it may remove
+        a directory they are under, or one they were reached through)."""
         batch = list(self.pending)
         self.pending.clear()
         if not batch:
@@ -135,17 +138,47 @@ class RootMerge:
             self.alive += len(rows)
             self.batch = min(BATCH, 2 * self.batch)
             return []
-        first = next(i for i, row in enumerate(rows) if not self._ours(row))
-        self.con.executemany("DELETE FROM node WHERE parent = ? AND name = ? AND id = ?",
-                             [row[:3] for row in rows[first + 1 :]])
-        self.alive += first
-        self.batch = 1
-        return [(batch[first][1], True), *((m, False) for _, m in batch[first + 1 :])]
+        replaced: dict[tuple[int, bytes], Row] = {}  # rows rewritten in place, as they are now
+        for i, row in enumerate(rows):
+            old = replaced.get(row[:2]) or self.tree.row(row[0], row[1])
+            if old is not None and old[2] == row[2]:
+                self.alive += 1  # it went in
+            elif old is not None and old[3] not in (DIRECTORY, SYMLINK):
+                replaced[row[:2]] = self._file_over_file(old, row)
+            else:
+                self._write_replaced(replaced)
+                self.con.executemany("DELETE FROM node WHERE parent = ? AND name = ? AND id = ?",
+                                     [later[:3] for later in rows[i + 1 :]])
+                self.batch = 1
+                return [(batch[i][1], True), *((m, False) for _, m in batch[i + 1 :])]
+        self._write_replaced(replaced)
+        self.batch = min(BATCH, 2 * self.batch)
+        return []
 
-    def _ours(self, row: FastRow) -> bool:
-        """Did this fast-path row go in (or was its path there already)?"""
-        found = self.con.execute("SELECT id FROM node WHERE parent = ? AND name = ?", row[:2]).fetchone()
-        return bool(found and found[0] == row[2])
+    def _file_over_file(self, old: Row, row: FastRow) -> Row:
+        """`_add`'s bookkeeping for a regular file over a file (no directory moves): the new row."""
+        path = (*self.tree.dirs[row[0]].path, row[1])
+        letter = self._letter(path, old)
+        self.touched.pop(path, None)
+        if old[9] >= 0 and old[3] == REGULAR:
+            self.wasted[old[9]] += old[8]
+        if old[15] != self.n:
+            self.alive += 1
+            if old[15] >= 0:
+                self.moved.append((old[15], b"/".join(path), old[16]))
+            self.removals.append((b"/".join(path), *old[3:14]))
+            if self.on_gone is not None:
+                self.on_gone([(old, path)])
+        self._count(old, -1)
+        return (*row[:3], REGULAR, *row[3:8], self.n, row[8], b"", 0, row[9], 1, self.n, letter)
+
+    def _write_replaced(self, replaced: dict[tuple[int, bytes], Row]) -> None:
+        self.con.executemany("UPDATE node SET id = ?, kind = ?, mode = ?, uid = ?, gid = ?, mtime = ?, size = ?, "
+                             "layer = ?, offset = ?, link = ?, rdev = ?, ino = ?, nlink = ?, wrote = ?, letter = ? "
+                             "WHERE parent = ? AND name = ?", [(*row[2:], *row[:2]) for row in replaced.values()])
+        self._chg(self.moved)
+        self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", self.removals)
+        self.moved, self.removals = [], []
 
     # --- the slow path --------------------------------------------------------------------
 
