@@ -61,8 +61,8 @@ class RootMerge:
         self.on_gone: Callable[[list[tuple[Row, Path]]], None] | None = None
         self.made: dict[int, int] | None = None  # the layer's new inodes but files' and directories': their offsets
         con.executescript("""
-            CREATE TEMP TABLE removed(path BLOB PRIMARY KEY, kind, mode, uid, gid, mtime, size, layer, offset, link,
-                                      rdev, ino) WITHOUT ROWID;""")
+            CREATE TEMP TABLE removed(top BLOB, path BLOB, kind, mode, uid, gid, mtime, size, layer, offset, link,
+                                      rdev, ino, PRIMARY KEY(top, path)) WITHOUT ROWID;""")
 
     def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool],
               merged: Callable[[list[Raw]], None] | None = None) -> None:
@@ -139,8 +139,9 @@ class RootMerge:
             self.batch = min(BATCH, 2 * self.batch)
             return []
         replaced: dict[tuple[int, bytes], Row] = {}  # rows rewritten in place, as they are now
+        there = self.tree.rows_at([row[:2] for row in rows])
         for i, row in enumerate(rows):
-            old = replaced.get(row[:2]) or self.tree.row(row[0], row[1])
+            old = replaced.get(row[:2]) or there[i]
             if old is not None and old[2] == row[2]:
                 self.alive += 1  # it went in
             elif old is not None and old[3] not in (DIRECTORY, SYMLINK):
@@ -166,7 +167,7 @@ class RootMerge:
             self.alive += 1
             if old[15] >= 0:
                 self.moved.append((old[15], b"/".join(path), old[16]))
-            self.removals.append((b"/".join(path), *old[3:14]))
+            self.removals.append((b"/".join(path), b"/".join(path), *old[3:14]))
             if self.on_gone is not None:
                 self.on_gone([(old, path)])
         self._count(old, -1)
@@ -177,7 +178,7 @@ class RootMerge:
                              "layer = ?, offset = ?, link = ?, rdev = ?, ino = ?, nlink = ?, wrote = ?, letter = ? "
                              "WHERE parent = ? AND name = ?", [(*row[2:], *row[:2]) for row in replaced.values()])
         self._chg(self.moved)
-        self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", self.removals)
+        self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", self.removals)
         self.moved, self.removals = [], []
 
     # --- the slow path --------------------------------------------------------------------
@@ -237,7 +238,7 @@ class RootMerge:
         if row is not None:
             attrs: Attrs | None = row[3:14]  # type: ignore[assignment]
         else:  # whited out by this layer, after the link in its tar: the link holds the old file
-            attrs = self.con.execute(f"SELECT {_ATTRS} FROM removed WHERE path = ?", (b"/".join(target),)).fetchone()
+            attrs = self._removed(target)
         if attrs is None or attrs[0] == DIRECTORY:
             return None  # a link to nothing, or to a directory: no engine would unpack it
         self.linked.setdefault(attrs[10], {row[:2]} if row is not None else set())
@@ -294,9 +295,20 @@ class RootMerge:
         self._chg(moved)
         if not own and self.on_gone is not None:
             self.on_gone(gone)
-        if not own:
-            self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                                 [(b"/".join(where), *row[3:14]) for row, where in gone])
+        top = b"/".join(path)
+        if not own and not self.con.execute("SELECT 1 FROM removed WHERE top = ?1 AND path = ?1", (top,)).fetchone():
+            self.con.executemany("INSERT INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                 [(top, b"/".join(where), *row[3:14]) for row, where in gone])
+
+    def _removed(self, path: Path) -> Attrs | None:
+        """What this layer removed at `path`, as `merge` finds it: in the deepest of its removals (the first at
+        each path, with all below it) at `path` or above it that holds it."""
+        for depth in range(len(path), 0, -1):
+            found = self.con.execute(f"SELECT {_ATTRS} FROM removed WHERE top = ? AND path = ?",
+                                     (b"/".join(path[:depth]), b"/".join(path))).fetchone()
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return None
 
     def _whiteout(self, path: Path) -> None:
         found = self.tree.resolve(path[:-1], create=False)
