@@ -1,15 +1,18 @@
 """The merged rootfs, layer by layer, onto the index's node table (`live`): `merge`'s rules, row by row.
 
-The rules are `merge`'s (its docstring lists them), and so are the paths'
-letters (`changes`), the bytes each layer wasted and the hardlink identities;
-`merge` stays the model for the layer views, which need every layer's own
-tree. What differs is where the tree lives: a member that adds a file where
-nothing is costs a tuple in a batch; anything else (directories, hardlinks,
-extended attributes, a parent not seen yet, a path already there) takes the
-slow path, which asks the table. A batch that meets a path already there is
-cut at that row: the rows before it are in, that member takes the slow path,
-and the members after it are replayed (that one may have removed a directory
-their rows were put under).
+The rules are `merge`'s (its docstring lists them; the tests hold this merge
+to it), and so are the paths' letters (`changes`), the bytes each layer
+wasted and the hardlink identities. What differs is where the tree lives: a
+regular file costs a tuple in a batch; anything else (directories, hardlinks,
+extended attributes, a parent not seen yet) takes the slow path, which asks
+the table. A row of the batch that meets a file already there replaces it in
+place (no directory moves). One that meets a directory or a link cuts the
+batch at that row: the rows before it are in, that member takes the slow
+path, and the members after it are replayed (it may remove a directory their
+rows were put under, or one they were reached through).
+
+The layer views (`views`) run this merge too, told of each hardlink's inode
+and each removal's rows (`on_link`, `made`, `on_gone`).
 
 A path's letter lives in its row while the row does (`wrote`, `letter`); when
 a later layer removes or rewrites the row, the letter moves to the `chg` table,
