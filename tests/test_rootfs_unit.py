@@ -18,11 +18,13 @@ from hypothesis import strategies as stg
 from rootfs_tars import M, compressed, layer, save
 
 from imagefs.rootfs import rootmerge
-from imagefs.rootfs.build import ROOTFS, build, files_tree, removed_tree
+from imagefs.rootfs import views as views_module
+from imagefs.rootfs.build import ROOTFS, build
 from imagefs.rootfs.index import Index, Row
 from imagefs.rootfs.members import BadArchive, members
 from imagefs.rootfs.save import ZSTD
 from imagefs.rootfs.trim import INDEX, trim
+from imagefs.rootfs.views import files_tree, removed_tree
 
 Tree = dict[str, Row]
 
@@ -304,28 +306,31 @@ def rich_member(kind: str, path: str, other: str, n: int) -> M:
     return M(path, kind, b"y" * n if kind == "file" else b"", mode=0o600 + n, uid=n, mtime=n)
 
 
-def model_index(data: bytes, where: Path) -> tuple[Index, list[bytes]]:
+def model_index(data: bytes, where: Path, views: bool = False) -> tuple[Index, list[bytes]]:
     """The index as the object-tree merge writes it, and each layer's `changes` as that merge has them."""
     from functools import partial
 
-    from imagefs.rootfs.build import _write
+    from rootfs_model import write
+
     from imagefs.rootfs.merge import Merge
     from imagefs.rootfs.save import read_save
 
     saved = read_save(data)
-    merge = Merge()
+    merge = Merge(views)
     for ref in saved.layers:
         merge.apply(partial(members, data, ref.offset, ref.offset + ref.size))
     db = where / "model.sqlite"
-    _write(db, saved.layers, [""] * len(saved.layers), merge, False)
+    db.unlink(missing_ok=True)
+    write(db, saved.layers, [""] * len(saved.layers), merge, views)
     changes = [b"".join(b"%s /%s\n" % (letter.encode(), b"/".join(path))
                         for path, letter in sorted(layer.changes.items(), key=lambda item: b"/".join(item[0])))
                for layer in merge.layers]
     return Index(db), changes
 
 
-def described(ix: Index) -> tuple[object, ...]:
-    tree = dict(walk(ix, ix.tree(ROOTFS)))
+def described(ix: Index, tree_name: bytes = ROOTFS) -> tuple[object, ...]:
+    root = ix.tree(tree_name)
+    tree = {"": root, **dict(walk(ix, root))}
     rows = {p: (r.kind, r.mode, r.uid, r.gid, r.mtime, r.size, r.layer, r.offset, r.link, r.rdev, r.nlink,
                 ix.xattrs(r.ino)) for p, r in tree.items()}
     links: dict[int, set[str]] = {}
@@ -347,6 +352,25 @@ def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, 
             assert [ix.changes(n) for n in range(len(layers))] == changes
         finally:
             rootmerge.BATCH, rootmerge.ROWS_PER_INSERT = 4096, 64
+            ix.close()
+            expected.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(stg.lists(rich_layer, min_size=1, max_size=4), stg.sampled_from([2, 3, 4096]))
+def test_the_row_views_match_the_tree_views(layers: list[list[tuple[str, str, str, int]]], batch: int) -> None:
+    """Each layer's own and removed files: tree, attributes, hardlink identity and counts, xattrs, wasted bytes."""
+    rootmerge.BATCH = rootmerge.ROWS_PER_INSERT = views_module.BATCH = views_module.ROWS_PER_INSERT = batch
+    data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
+    with tempfile.TemporaryDirectory() as where:
+        ix, (expected, _) = index_of(data, Path(where), views=True), model_index(data, Path(where), views=True)
+        try:
+            for n in range(len(layers)):
+                for tree in (files_tree(n), removed_tree(n)):
+                    assert described(ix, tree) == described(expected, tree), tree
+        finally:
+            rootmerge.BATCH = views_module.BATCH = 4096
+            rootmerge.ROWS_PER_INSERT = views_module.ROWS_PER_INSERT = 64
             ix.close()
             expected.close()
 

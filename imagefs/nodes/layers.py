@@ -20,7 +20,7 @@ import trio
 from ..catalog import Image
 from ..errors import EngineFailed
 from ..references import TreePath
-from ..rootfs.build import files_tree, removed_tree
+from ..rootfs.views import files_tree, removed_tree
 from .base import Context, Dir, Node, Stat, dir_stat
 from .documents import DocumentFile
 from .rootfs import TreeDir, View

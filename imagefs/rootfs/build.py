@@ -10,8 +10,9 @@ inflated once into a side file beside the index.
 
 The rootfs is merged row by row onto the table (`rootmerge`: tens of bytes of
 memory per entry, at a few hundred thousand entries per second, big layers
-walked in a child: `walker`); the layer views, wanted less often, on a tree of
-objects (`merge`). With `follow=FD` the save is still arriving (`follow`).
+walked in a child: `walker`); the layer views, wanted less often, the same way
+in a build of their own (`views`). With `follow=FD` the save is still arriving
+(`follow`).
 
 The daemon runs it as `python -m imagefs.rootfs.build FD DB SIDE_DIR [views] [follow=FD]`,
 a process of its own: the memory a big image's merge takes goes back when it
@@ -27,23 +28,22 @@ import resource
 import sqlite3
 import sys
 import zlib
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import IO
 
 from .follow import Growing, Stage, Staged
 from .inflate import inflate_zstd
-from .members import SPAN, BadArchive, Buffer, Window, members
-from .merge import WHITEOUT, Entry, Layer, Merge, implicit_dir, new_entry
+from .members import SPAN, BadArchive, Buffer, Window
+from .merge import WHITEOUT
 from .rootmerge import RootMerge
 from .save import LayerRef, read_save
+from .views import Views
 from .walker import walk
 
-FORMAT = 3
+FORMAT = 4  # 4: rows of a hardlink under a path whited out and rebuilt, merged right (3 could lose them)
 ROOTFS = b"rootfs"
-BATCH = 4096
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value);
@@ -58,14 +58,6 @@ CREATE TABLE dirpath(id INTEGER PRIMARY KEY, path BLOB);
 """
 
 
-def files_tree(n: int) -> bytes:
-    return b"files/%d" % n
-
-
-def removed_tree(n: int) -> bytes:
-    return b"removed/%d" % n
-
-
 def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: IO[bytes] | None = None) -> int:
     """Index the save in `save_fd` into a new database at `db`: the merged rootfs, or with `views` each
     layer's own and removed files instead (half the rows, wanted less often: built when first asked for).
@@ -75,17 +67,18 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: 
         return _build_following(Growing(save_fd, lengths), db, side_dir)
     area = Window(save_fd, SPAN)
     save = read_save(area)
-    if views:
-        merge = Merge(views)
-        sources = [_walk_layer(area, ref, side_dir, lambda where, _: merge.apply(partial(members, *where)))
-                   for ref in save.layers]
-        return _write(db, save.layers, sources, merge, views)
     con = _create(db)
     try:
+        if views:
+            merged = Views(con, SCHEMA)
+            sources = [_walk_layer(area, ref, side_dir, lambda where, hides: merged.apply(partial(walk, *where), hides))
+                       for ref in save.layers]
+            return _write_layers(con, save.layers, sources, merged.root)
         root = RootMerge(con, ROOTFS)
         sources = [_walk_layer(area, ref, side_dir, lambda where, hides: root.apply(partial(walk, *where), hides))
                    for ref in save.layers]
-        return _write_root(con, save.layers, sources, root)
+        root.finish()
+        return _write_layers(con, save.layers, sources, root)
     finally:
         con.close()
 
@@ -99,7 +92,8 @@ def _build_following(area: Growing, db: Path, side_dir: Path) -> int:
         try:
             root = RootMerge(con, ROOTFS)
             sources = [_apply_staged(area, ref, side_dir, root, stage.staged.get(ref.offset)) for ref in save.layers]
-            return _write_root(con, save.layers, sources, root)
+            root.finish()
+            return _write_layers(con, save.layers, sources, root)
         finally:
             con.close()
     finally:
@@ -166,102 +160,14 @@ def _create(db: Path) -> sqlite3.Connection:
     return con
 
 
-def _write_root(con: sqlite3.Connection, refs: list[LayerRef], sources: list[str], root: RootMerge) -> int:
-    root.finish()
-    con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?)", [
+def _write_layers(con: sqlite3.Connection, refs: list[LayerRef], sources: list[str], root: RootMerge) -> int:
+    con.executemany("INSERT INTO main.layer VALUES (?,?,?,?,?,?,?,?,?)", [
         (n, ref.diff_id, ref.member, ref.compression, source, ref.size, ref.created_by, root.wasted[n], root.changed[n])
         for n, (ref, source) in enumerate(zip(refs, sources, strict=True))])
-    rows = con.execute("SELECT count(*) FROM node").fetchone()[0]
-    con.executemany("INSERT INTO meta VALUES (?,?)", [("format", FORMAT), ("rows", rows)])
+    rows = con.execute("SELECT count(*) FROM main.node").fetchone()[0]
+    con.executemany("INSERT INTO main.meta VALUES (?,?)", [("format", FORMAT), ("rows", rows)])
     con.commit()
     return int(rows)
-
-
-def _write(db: Path, refs: list[LayerRef], sources: list[str], merge: Merge, views: bool) -> int:
-    con = _create(db)
-    try:
-        ids = _Ids()
-        trees = [] if views else [(ROOTFS, merge.root)]
-        for n, layer in enumerate(merge.layers):
-            trees += [(files_tree(n), layer.own), (removed_tree(n), _removed_root(layer))] if views else []
-        rows = 0
-        for name, root in trees:
-            for batch in _batches(_rows(name, root, ids)):
-                con.executemany("INSERT INTO node VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
-                rows += len(batch)
-        con.executemany("INSERT INTO xattr VALUES (?,?,?)", ids.xattrs)
-        con.executemany("INSERT INTO layer VALUES (?,?,?,?,?,?,?,?,?)", [
-            (n, ref.diff_id, ref.member, ref.compression, source, ref.size, ref.created_by, layer.wasted,
-             len(layer.changes))
-            for n, (ref, source, layer) in enumerate(zip(refs, sources, merge.layers, strict=True))])
-        con.executemany("INSERT INTO meta VALUES (?,?)", [("format", FORMAT), ("rows", rows)])
-        con.commit()
-        return rows
-    finally:
-        con.close()
-
-
-class _Ids:
-    """Row ids, and inode numbers: one per content, shared by the paths of a hardlink set."""
-
-    def __init__(self) -> None:
-        self.next_id = 1
-        self.inos: dict[int, int] = {}
-        self.xattrs: list[tuple[int, bytes, bytes]] = []
-
-    def row(self) -> int:
-        self.next_id += 1
-        return self.next_id - 1
-
-    def ino(self, entry: Entry) -> int:
-        key = id(entry.inode)
-        ino = self.inos.get(key)
-        if ino is None:
-            ino = self.inos[key] = len(self.inos) + 1
-            self.xattrs += [(ino, k, v) for k, v in (entry.inode.xattrs or {}).items()]
-        return ino
-
-
-def _rows(tree: bytes, root: Entry, ids: _Ids) -> Iterator[tuple[object, ...]]:
-    """A tree's rows, breadth first and by name, so rows arrive in the table's key order (appends, not
-    inserts all over the B-tree); its root is the row (0, tree)."""
-    links = Counter(id(e.inode) for _, e in root.walk() if e.children is None)
-    pending = deque([(0, tree, root)])
-    while pending:
-        parent, name, entry = pending.popleft()
-        row, i = ids.row(), entry.inode
-        children = entry.children
-        if children is None:
-            nlink = links[id(i)]
-        else:
-            nlink = 2 + sum(c.children is not None for c in children.values())
-            pending.extend((row, child_name, children[child_name]) for child_name in sorted(children))
-        yield (parent, name, row, i.kind, i.mode, i.uid, i.gid, i.mtime, i.size, i.layer, i.offset, i.link,
-               os.makedev(*i.rdev), ids.ino(entry), nlink, -1, None)
-
-
-def _removed_root(layer: Layer) -> Entry:
-    """What a layer removed or replaced, as it was, at the paths it had."""
-    root = new_entry(implicit_dir(), -1)
-    for path, old in sorted(layer.removed.items()):
-        here = root
-        for name in path[:-1]:
-            assert here.children is not None
-            here = here.children.setdefault(name, new_entry(implicit_dir(), -1))
-        if here.children is not None:
-            here.children[path[-1]] = old
-    return root
-
-
-def _batches(rows: Iterator[tuple[object, ...]]) -> Iterator[list[tuple[object, ...]]]:
-    batch = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def main(argv: list[str]) -> int:

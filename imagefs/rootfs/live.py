@@ -29,6 +29,7 @@ ROOT_ID = 1
 Row = tuple[int, bytes, int, int, int, int, int, int, int, int, int, bytes, int, int, int, int, str | None]
 INSERT = "INSERT INTO node VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _FIELDS = "parent, name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink, wrote, letter"
+_JOINED = ", ".join(f"n.{field}" for field in _FIELDS.split(", "))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class Live:
         con.execute(INSERT, (0, root_name, ROOT_ID, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, ROOT_ID, 2, -1, None))
         self.parents: dict[Path, tuple[int, Path]] = {}  # resolved parents, while nothing moves
         self.by_raw: dict[bytes, tuple[int, Path]] = {}  # the same, by a member's parent as written
+        con.execute("CREATE TEMP TABLE probe(seq INTEGER PRIMARY KEY, parent INTEGER, name BLOB)")
 
     def new_id(self) -> int:
         return next(self.ids)
@@ -56,6 +58,16 @@ class Live:
     def row(self, parent: int, name: bytes) -> Row | None:
         found = self.con.execute(f"SELECT {_FIELDS} FROM node WHERE parent = ? AND name = ?", (parent, name))
         return found.fetchone()  # type: ignore[no-any-return]
+
+    def rows_at(self, keys: list[tuple[int, bytes]]) -> list[Row | None]:
+        """The rows at these keys, by one join: a probe each would cost a statement each."""
+        self.con.execute("DELETE FROM probe")
+        self.con.executemany("INSERT INTO probe VALUES (?,?,?)", [(i, *key) for i, key in enumerate(keys)])
+        found: list[Row | None] = [None] * len(keys)
+        for seq, *row in self.con.execute(
+                f"SELECT p.seq, {_JOINED} FROM probe p JOIN node n ON n.parent = p.parent AND n.name = p.name"):
+            found[seq] = tuple(row)  # type: ignore[assignment]
+        return found
 
     def children(self, parent: int) -> list[Row]:
         return self.con.execute(f"SELECT {_FIELDS} FROM node WHERE parent = ?", (parent,)).fetchall()

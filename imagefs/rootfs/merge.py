@@ -1,5 +1,8 @@
 """Layers applied in order with the OCI whiteout rules: the image's merged tree, and what each layer changed.
 
+The model of the rules, on a tree of objects (about 1.3 KB a path): the index
+is built row by row (`rootmerge`, `views`), and the tests hold those to this.
+
 The rules (OCI image-spec layer.md, as containerd and containers/storage apply
 them, checked against podman's own mounts):
 - a layer's whiteouts (`.wh.<name>`, and `.wh..wh..opq` for all of a directory's

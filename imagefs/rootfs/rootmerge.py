@@ -1,15 +1,18 @@
 """The merged rootfs, layer by layer, onto the index's node table (`live`): `merge`'s rules, row by row.
 
-The rules are `merge`'s (its docstring lists them), and so are the paths'
-letters (`changes`), the bytes each layer wasted and the hardlink identities;
-`merge` stays the model for the layer views, which need every layer's own
-tree. What differs is where the tree lives: a member that adds a file where
-nothing is costs a tuple in a batch; anything else (directories, hardlinks,
-extended attributes, a parent not seen yet, a path already there) takes the
-slow path, which asks the table. A batch that meets a path already there is
-cut at that row: the rows before it are in, that member takes the slow path,
-and the members after it are replayed (that one may have removed a directory
-their rows were put under).
+The rules are `merge`'s (its docstring lists them; the tests hold this merge
+to it), and so are the paths' letters (`changes`), the bytes each layer
+wasted and the hardlink identities. What differs is where the tree lives: a
+regular file costs a tuple in a batch; anything else (directories, hardlinks,
+extended attributes, a parent not seen yet) takes the slow path, which asks
+the table. A row of the batch that meets a file already there replaces it in
+place (no directory moves). One that meets a directory or a link cuts the
+batch at that row: the rows before it are in, that member takes the slow
+path, and the members after it are replayed (it may remove a directory their
+rows were put under, or one they were reached through).
+
+The layer views (`views`) run this merge too, told of each hardlink's inode
+and each removal's rows (`on_link`, `made`, `on_gone`).
 
 A path's letter lives in its row while the row does (`wrote`, `letter`); when
 a later layer removes or rewrites the row, the letter moves to the `chg` table,
@@ -50,17 +53,25 @@ class RootMerge:
         self.batch = 1  # rows a batch takes: doubled after each batch that went in whole, to BATCH; 1 after one
         # that met a path already there, so that a layer rewriting many paths replays few members per path
         self.replay: deque[tuple[Raw, bool]] = deque()
+        self.moved: list[tuple[int, bytes, str | None]] = []  # letters and removals of files rewritten in place
+        self.removals: list[tuple[object, ...]] = []
         self.deleted: set[Path] = set()  # what this layer's whiteouts removed (D), not added again
         self.touched: dict[Path, str] = {}  # letters of this layer's rows that went again
         self.linked: dict[int, set[tuple[int, bytes]]] = {}  # hardlinked inodes: the keys of their rows
         self.with_xattrs: Counter[int] = Counter()  # inodes with extended attributes: their rows
+        # what the layer views (`views`) are told: each hardlink's inode as the tree held it, each removal's rows
+        self.on_link: Callable[[Raw, Attrs | None], None] | None = None
+        self.on_gone: Callable[[list[tuple[Row, Path]]], None] | None = None
+        self.made: dict[int, int] | None = None  # the layer's new inodes but files' and directories': their offsets
         con.executescript("""
-            CREATE TEMP TABLE removed(path BLOB PRIMARY KEY, kind, mode, uid, gid, mtime, size, layer, offset, link,
-                                      rdev, ino) WITHOUT ROWID;""")
+            CREATE TEMP TABLE removed(top BLOB, path BLOB, kind, mode, uid, gid, mtime, size, layer, offset, link,
+                                      rdev, ino, PRIMARY KEY(top, path)) WITHOUT ROWID;""")
 
-    def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool]) -> None:
+    def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool],
+              merged: Callable[[list[Raw]], None] | None = None) -> None:
         """The next layer, bottom first: `walk()` gives its members in batches, twice if `whiteouts()` says it
-        may hold whiteouts: those first."""
+        may hold whiteouts: those first. `merged(batch)`: told of each batch once its members are merged (but
+        for rows still waiting to go in)."""
         self.n += 1
         self.wasted.append(0)
         self.alive = 0
@@ -77,7 +88,7 @@ class RootMerge:
                         f"INSERT OR IGNORE INTO node VALUES {','.join([row] * ROWS_PER_INSERT)}")
         by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
         deleted, touched = self.deleted, self.touched
-        for m, slow in self._members(walk):
+        for m, slow in self._members(walk, merged):
             if not slow and m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
                 parent, _, name = m[0].rpartition(b"/")
                 found = by_raw.get(parent)
@@ -97,7 +108,8 @@ class RootMerge:
         self._chg([(self.n, b"/".join(p), letter) for p, letter in self.touched.items()])
         self.changed.append(self.alive + len(self.deleted) + len(self.touched))
 
-    def _members(self, walk: Callable[[], Iterator[list[Raw]]]) -> Iterator[tuple[Raw, bool]]:
+    def _members(self, walk: Callable[[], Iterator[list[Raw]]],
+                 merged: Callable[[list[Raw]], None] | None) -> Iterator[tuple[Raw, bool]]:
         """The layer's members, each replayed one (`replay`) before the next: those after a row that met a
         path already there, in order. True: the slow path for certain."""
         for batch in walk():
@@ -105,14 +117,17 @@ class RootMerge:
                 yield m, False
                 while self.replay:
                     yield self.replay.popleft()
+            if merged is not None:  # every hardlink of the batch was merged: links take the slow path at once
+                merged(batch)
         while self.pending or self.replay:
             self.replay.extendleft(reversed(self._flush()))
             while self.replay:
                 yield self.replay.popleft()
 
     def _flush(self) -> Replay:
-        """The batch in; what must be replayed if a row met a path already there: the members after the first
-        such row, whose rows are taken out again (that member may remove a directory they are under)."""
+        """The batch in; a row that met a file already there replaces it in place; what must be replayed if one
+        met a directory or a link: the members from that one on, whose rows are taken out again (it may remove
+        a directory they are under, or one they were reached through)."""
         batch = list(self.pending)
         self.pending.clear()
         if not batch:
@@ -126,17 +141,48 @@ class RootMerge:
             self.alive += len(rows)
             self.batch = min(BATCH, 2 * self.batch)
             return []
-        first = next(i for i, row in enumerate(rows) if not self._ours(row))
-        self.con.executemany("DELETE FROM node WHERE parent = ? AND name = ? AND id = ?",
-                             [row[:3] for row in rows[first + 1 :]])
-        self.alive += first
-        self.batch = 1
-        return [(batch[first][1], True), *((m, False) for _, m in batch[first + 1 :])]
+        replaced: dict[tuple[int, bytes], Row] = {}  # rows rewritten in place, as they are now
+        there = self.tree.rows_at([row[:2] for row in rows])
+        for i, row in enumerate(rows):
+            old = replaced.get(row[:2]) or there[i]
+            if old is not None and old[2] == row[2]:
+                self.alive += 1  # it went in
+            elif old is not None and old[3] not in (DIRECTORY, SYMLINK):
+                replaced[row[:2]] = self._file_over_file(old, row)
+            else:
+                self._write_replaced(replaced)
+                self.con.executemany("DELETE FROM node WHERE parent = ? AND name = ? AND id = ?",
+                                     [later[:3] for later in rows[i + 1 :]])
+                self.batch = 1
+                return [(batch[i][1], True), *((m, False) for _, m in batch[i + 1 :])]
+        self._write_replaced(replaced)
+        self.batch = min(BATCH, 2 * self.batch)
+        return []
 
-    def _ours(self, row: FastRow) -> bool:
-        """Did this fast-path row go in (or was its path there already)?"""
-        found = self.con.execute("SELECT id FROM node WHERE parent = ? AND name = ?", row[:2]).fetchone()
-        return bool(found and found[0] == row[2])
+    def _file_over_file(self, old: Row, row: FastRow) -> Row:
+        """`_add`'s bookkeeping for a regular file over a file (no directory moves): the new row."""
+        path = (*self.tree.dirs[row[0]].path, row[1])
+        letter = self._letter(path, old)
+        self.touched.pop(path, None)
+        if old[9] >= 0 and old[3] == REGULAR:
+            self.wasted[old[9]] += old[8]
+        if old[15] != self.n:
+            self.alive += 1
+            if old[15] >= 0:
+                self.moved.append((old[15], b"/".join(path), old[16]))
+            self.removals.append((b"/".join(path), b"/".join(path), *old[3:14]))
+            if self.on_gone is not None:
+                self.on_gone([(old, path)])
+        self._count(old, -1)
+        return (*row[:3], REGULAR, *row[3:8], self.n, row[8], b"", 0, row[9], 1, self.n, letter)
+
+    def _write_replaced(self, replaced: dict[tuple[int, bytes], Row]) -> None:
+        self.con.executemany("UPDATE node SET id = ?, kind = ?, mode = ?, uid = ?, gid = ?, mtime = ?, size = ?, "
+                             "layer = ?, offset = ?, link = ?, rdev = ?, ino = ?, nlink = ?, wrote = ?, letter = ? "
+                             "WHERE parent = ? AND name = ?", [(*row[2:], *row[:2]) for row in replaced.values()])
+        self._chg(self.moved)
+        self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", self.removals)
+        self.moved, self.removals = [], []
 
     # --- the slow path --------------------------------------------------------------------
 
@@ -145,6 +191,8 @@ class RootMerge:
         if path is None or (path and path[-1].startswith(WHITEOUT)):
             return
         attrs = self._attrs(m)
+        if self.on_link is not None and m[1] == HARDLINK:
+            self.on_link(m, attrs)
         if attrs is None:
             return
         if not path:  # the root itself: only its attributes
@@ -171,6 +219,8 @@ class RootMerge:
             self.touched.pop(resolved, None)  # the new row holds the path's letter
         row_id = self.tree.new_id()
         ino = attrs[10] or self._new_inode(row_id, m)
+        if self.made is not None and not attrs[10] and attrs[0] not in (REGULAR, DIRECTORY):
+            self.made[ino] = m[7]
         row = (parent, name, row_id, *attrs[:10], ino, 2 if attrs[0] == DIRECTORY else 1, self.n, letter)
         self.tree.insert(row, resolved)  # type: ignore[arg-type]
         self.alive += 1
@@ -191,7 +241,7 @@ class RootMerge:
         if row is not None:
             attrs: Attrs | None = row[3:14]  # type: ignore[assignment]
         else:  # whited out by this layer, after the link in its tar: the link holds the old file
-            attrs = self.con.execute(f"SELECT {_ATTRS} FROM removed WHERE path = ?", (b"/".join(target),)).fetchone()
+            attrs = self._removed(target)
         if attrs is None or attrs[0] == DIRECTORY:
             return None  # a link to nothing, or to a directory: no engine would unpack it
         self.linked.setdefault(attrs[10], {row[:2]} if row is not None else set())
@@ -246,9 +296,22 @@ class RootMerge:
                 moved.append((row[15], b"/".join(where), row[16]))
             self._count(row, -1)
         self._chg(moved)
-        if not own:
-            self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                                 [(b"/".join(where), *row[3:14]) for row, where in gone])
+        if not own and self.on_gone is not None:
+            self.on_gone(gone)
+        top = b"/".join(path)
+        if not own and not self.con.execute("SELECT 1 FROM removed WHERE top = ?1 AND path = ?1", (top,)).fetchone():
+            self.con.executemany("INSERT INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                 [(top, b"/".join(where), *row[3:14]) for row, where in gone])
+
+    def _removed(self, path: Path) -> Attrs | None:
+        """What this layer removed at `path`, as `merge` finds it: in the deepest of its removals (the first at
+        each path, with all below it) at `path` or above it that holds it."""
+        for depth in range(len(path), 0, -1):
+            found = self.con.execute(f"SELECT {_ATTRS} FROM removed WHERE top = ? AND path = ?",
+                                     (b"/".join(path[:depth]), b"/".join(path))).fetchone()
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return None
 
     def _whiteout(self, path: Path) -> None:
         found = self.tree.resolve(path[:-1], create=False)
