@@ -180,6 +180,7 @@ ERRNO: dict[type[ImagefsError], int] = {
     EngineUnreachable: errno.EIO,
     EngineTimeout: errno.ETIMEDOUT,
     ExportBroken: errno.EIO,
+    ExportMoved: errno.EIO,
     SpoolError: errno.EIO,  # only when the OSError had no errno: see errno_for
     Closing: errno.EIO,
     BadCommand: errno.EINVAL,
