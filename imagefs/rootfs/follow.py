@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ..tarcheck import BLOCK, checksum_problem
-from .members import SPAN, BadArchive, Raw, Window, components, entries, members
+from .members import SPAN, ZERO, BadArchive, Raw, Window, components, entries, members
 from .merge import WHITEOUT
 
 BATCH = 2048
@@ -128,4 +128,4 @@ class Stage:
 
 
 def _looks_like_tar(header: bytes) -> bool:
-    return header == bytes(BLOCK) or checksum_problem(header) is None
+    return header == ZERO or checksum_problem(header) is None

@@ -39,6 +39,12 @@ class Dir:
     path: Path
 
 
+def dir_row(parent: int, name: bytes, id_: int) -> tuple[int, bytes, int, int, int, int, int, int, int, int, int,
+                                                        bytes, int, int, int]:
+    """The row of a directory no member made (a missing parent, a tree's top): 0755, root's, time 0."""
+    return (parent, name, id_, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, id_, 2)
+
+
 class Live:
     """The rows of the tree being merged, and its directories (by id, and by parent and name)."""
 
@@ -47,7 +53,7 @@ class Live:
         self.ids = itertools.count(ROOT_ID + 1)
         self.dirs: dict[int, Dir] = {ROOT_ID: Dir(0, root_name, ())}
         self.subdirs: dict[tuple[int, bytes], int] = {}
-        con.execute(INSERT, (0, root_name, ROOT_ID, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, ROOT_ID, 2, -1, None))
+        con.execute(INSERT, (*dir_row(0, root_name, ROOT_ID), -1, None))
         self.parents: dict[Path, tuple[int, Path]] = {}  # resolved parents, while nothing moves
         self.by_raw: dict[bytes, tuple[int, Path]] = {}  # the same, by a member's parent as written
         con.execute("CREATE TEMP TABLE probe(seq INTEGER PRIMARY KEY, parent INTEGER, name BLOB)")
@@ -121,7 +127,7 @@ class Live:
             row = self.row(here, name)
             if row is None and create:
                 child = self.new_id()
-                self.insert((here, name, child, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, child, 2, -1, None),
+                self.insert((*dir_row(here, name, child), -1, None),
                             (*self.dirs[here].path, name))
                 return child
             return row[11] if row is not None and row[3] == SYMLINK else None  # a link, or no directory there

@@ -33,8 +33,8 @@ from .merge import OPAQUE, WHITEOUT
 
 BATCH = 4096
 ROWS_PER_INSERT = 64  # rows one INSERT statement takes: SQLite's cost per statement, not per row
-_ODD_NAMES = frozenset((b"", b".", b".."))
-_ATTRS = "kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino"
+ODD_NAMES = frozenset((b"", b".", b".."))
+ATTRS = "kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino"
 Attrs = tuple[int, int, int, int, int, int, int, int, bytes, int, int]  # a row's inode: kind … ino (0: a new one)
 FastRow = tuple[int, bytes, int, int, int, int, int, int, int, int]  # parent, name, id, mode … offset, ino
 Replay = list[tuple[Raw, bool]]  # members again, in order; True: the slow path for certain
@@ -92,7 +92,7 @@ class RootMerge:
             if not slow and m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
                 parent, _, name = m[0].rpartition(b"/")
                 found = by_raw.get(parent)
-                if (found is not None and name not in _ODD_NAMES and not name.startswith(WHITEOUT)
+                if (found is not None and name not in ODD_NAMES and not name.startswith(WHITEOUT)
                         and not ((deleted or touched) and lettered((*found[1], name)))):
                     row_id = next(ids)
                     pending.append(((found[0], name, row_id, m[2], m[3], m[4], m[5], m[6], m[7], row_id), m))
@@ -307,7 +307,7 @@ class RootMerge:
         """What this layer removed at `path`, as `merge` finds it: in the deepest of its removals (the first at
         each path, with all below it) at `path` or above it that holds it."""
         for depth in range(len(path), 0, -1):
-            found = self.con.execute(f"SELECT {_ATTRS} FROM removed WHERE top = ? AND path = ?",
+            found = self.con.execute(f"SELECT {ATTRS} FROM removed WHERE top = ? AND path = ?",
                                      (b"/".join(path[:depth]), b"/".join(path))).fetchone()
             if found is not None:
                 return found  # type: ignore[no-any-return]

@@ -24,19 +24,16 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from .live import Path, Row
+from .live import Path, Row, dir_row
 from .members import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, Raw, components
 from .merge import WHITEOUT
-from .rootmerge import ROWS_PER_INSERT, Attrs, RootMerge
+from .rootmerge import ATTRS, BATCH, ODD_NAMES, ROWS_PER_INSERT, Attrs, RootMerge
 
 OWN_INOS = 1 << 40  # layer n's regular files: (n + 1) * OWN_INOS + their data's block in the layer's tar
 REMOVED_INOS = 1 << 62  # what a layer removed: this + the merged tree's number
-BATCH = 4096
 _SHADOWED = ("node", "xattr", "chg")  # the tables `rootmerge` writes
 _INSERT = "INSERT OR REPLACE INTO main.node VALUES "
 _ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,-1,NULL)"
-_ODD_NAMES = frozenset((b"", b".", b".."))
-_ATTRS = "kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino"
 _SET = "kind = ?, mode = ?, uid = ?, gid = ?, mtime = ?, size = ?, layer = ?, offset = ?, link = ?, rdev = ?, ino = ?"
 Inode = tuple[int, int, int, int, int, int, int, int, bytes, int]  # kind … rdev
 ViewRow = tuple[int, bytes, int, int, int, int, int, int, int, int, int, bytes, int, int, int]  # parent … nlink
@@ -66,7 +63,7 @@ class Views:
         self.root.on_link = lambda m, attrs: self.links.__setitem__(m[7], attrs)
         self.root.on_gone = self._record
         self.removals = itertools.count()
-        con.execute(f"CREATE TEMP TABLE gone(key BLOB, seq INTEGER, top INTEGER, {_ATTRS}, PRIMARY KEY(key, seq)) "
+        con.execute(f"CREATE TEMP TABLE gone(key BLOB, seq INTEGER, top INTEGER, {ATTRS}, PRIMARY KEY(key, seq)) "
                     "WITHOUT ROWID")
 
     def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool]) -> None:
@@ -122,7 +119,7 @@ class Own:
         self.pending: list[ViewRow] = []
         self.linked: set[int] = set()
         self.lower: dict[int, int] = {}  # a lower layer's inode (the merged tree's number) -> this tree's
-        self._put([(0, files_tree(n), self.top, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, self.top, 2)])
+        self._put([dir_row(0, files_tree(n), self.top)])
 
     def take(self, batch: list[Raw]) -> None:
         base, pending, by_raw, subdirs = (self.n + 1) * OWN_INOS, self.pending, self.by_raw, self.subdirs
@@ -130,7 +127,7 @@ class Own:
             if m[1] == REGULAR and m[10] is None:
                 parent, _, name = m[0].rpartition(b"/")
                 found = by_raw.get(parent)
-                if (found is not None and name not in _ODD_NAMES and not name.startswith(WHITEOUT)
+                if (found is not None and name not in ODD_NAMES and not name.startswith(WHITEOUT)
                         and (found, name) not in subdirs):
                     pending.append((found, name, next(self.views.ids), REGULAR, m[2], m[3], m[4], m[5], m[6],
                                     self.n, m[7], b"", 0, base + m[7] // BLOCK, 1))
@@ -215,7 +212,7 @@ class Own:
             child = self.subdirs.get((here, name))
             if child is None:
                 child = self.views.row_id()
-                self._put([(here, name, child, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, child, 2)])
+                self._put([dir_row(here, name, child)])
                 self.subdirs[(here, name)] = child
                 self.dirs[child] = (here, name)
             here = child
@@ -243,7 +240,8 @@ class Own:
 
 class Removed:
     """What layer n removed or replaced, as it was, at the paths it had: each removal's rows, a later one
-    placed over an earlier at the same path or below it, as `merge` places them (its `_removed_root`)."""
+    placed over an earlier at the same path or below it, as the rules' model places them (`removed_root`
+    in tests/rootfs_model.py)."""
 
     def __init__(self, views: Views, n: int) -> None:
         self.views, self.n, self.con = views, n, views.con
@@ -252,12 +250,12 @@ class Removed:
         views = self.views
         top = lo = views.row_id()
         dirs = {top: (0, removed_tree(self.n))}
-        rows: list[ViewRow] = [(0, removed_tree(self.n), top, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, top, 2)]
+        rows: list[ViewRow] = [dir_row(0, removed_tree(self.n), top)]
         linked: set[int] = set()
         # the chain of entries above the path at hand: its names, row id, the removal its children are of (None:
         # none, a directory made; -1: a file, which has none)
         stack: list[tuple[Path, int, int | None]] = [((), top, None)]
-        found = self.con.execute(f"SELECT key, seq, top, {_ATTRS} FROM gone ORDER BY key, seq")
+        found = self.con.execute(f"SELECT key, seq, top, {ATTRS} FROM gone ORDER BY key, seq")
         for key, group in itertools.groupby(found, key=lambda r: r[0]):
             path, group_rows = tuple(key.split(b"\0")), list(group)
             while len(stack[-1][0]) >= len(path) or stack[-1][0] != path[: len(stack[-1][0])]:
@@ -269,7 +267,7 @@ class Removed:
                 while len(stack[-1][0]) < len(path) - 1:  # the parents of a removal: made where missing
                     names, parent, _ = stack[-1]
                     made = views.row_id()
-                    rows.append((parent, path[len(names)], made, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, made, 2))
+                    rows.append(dir_row(parent, path[len(names)], made))
                     dirs[made] = (parent, path[len(names)])
                     stack.append((path[: len(names) + 1], made, None))
             elif len(stack[-1][0]) == len(path) - 1 and stack[-1][2] is not None:
