@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import stat as st
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import trio
 
 from ..references import TreePath
 from ..rootfs.build import ROOTFS
@@ -109,17 +111,15 @@ class RowHandle(Handle):
     row: Row
     content: Hashable
     source: Source | None = None
+    _opening: trio.Lock = field(default_factory=trio.Lock)  # readahead sends first reads together: one opens
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         size = max(0, min(size, self.row.size - offset))
         if not size:
             return b""
-        if self.source is None:
-            source = await self.view.ctx.rootfs.data(self.view.image_id, self.view.target, self.row.layer)
-            if self.source is None:  # else a concurrent read (readahead) opened it meanwhile
-                self.source = source
-            else:
-                await source.close()
+        async with self._opening:
+            if self.source is None:
+                self.source = await self.view.ctx.rootfs.data(self.view.image_id, self.view.target, self.row.layer)
         return await self.source.read(size, self.row.offset + offset)
 
     async def release(self) -> None:

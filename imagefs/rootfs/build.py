@@ -28,14 +28,13 @@ import resource
 import sqlite3
 import sys
 import zlib
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import IO
 
 from .follow import Growing, Stage, Staged
 from .inflate import inflate_zstd
-from .members import SPAN, BadArchive, Buffer, Window
+from .members import SPAN, BadArchive, Window
 from .merge import WHITEOUT
 from .rootmerge import RootMerge
 from .save import LayerRef, read_save
@@ -71,12 +70,10 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: 
     try:
         if views:
             merged = Views(con, SCHEMA)
-            sources = [_walk_layer(area, ref, side_dir, lambda where, hides: merged.apply(partial(walk, *where), hides))
-                       for ref in save.layers]
+            sources = [_walk_layer(area, ref, side_dir, merged) for ref in save.layers]
             return _write_layers(con, save.layers, sources, merged.root)
         root = RootMerge(con, ROOTFS)
-        sources = [_walk_layer(area, ref, side_dir, lambda where, hides: root.apply(partial(walk, *where), hides))
-                   for ref in save.layers]
+        sources = [_walk_layer(area, ref, side_dir, root) for ref in save.layers]
         root.finish()
         return _write_layers(con, save.layers, sources, root)
     finally:
@@ -103,24 +100,26 @@ def _build_following(area: Growing, db: Path, side_dir: Path) -> int:
 def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, staged: Staged | None) -> str:
     """A layer merged from its staged members; one that was not staged (compressed), as when not following."""
     if staged is None or ref.compression:
-        return _walk_layer(area, ref, side_dir, lambda where, hides: root.apply(partial(walk, *where), hides))
+        return _walk_layer(area, ref, side_dir, root)
     root.apply(staged.walk, lambda: staged.whiteouts)
     return ""
 
 
-Where = tuple[Buffer, int, int]
-
-
-def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, apply: Callable[[Where, Callable[[], bool]], None]) -> str:
-    """`apply` the layer's tar (where it is; whether it may hold whiteouts); the side file it is in, if any."""
+def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | Views) -> str:
+    """Merge the layer's tar (walked where it is; whiteouts looked for only if it may hold some); the side file
+    it is in, if any."""
     if not ref.compression:
-        apply((area, ref.offset, ref.offset + ref.size), partial(_may_hide, area, ref.offset, ref.offset + ref.size))
+        _apply(merge, area, ref.offset, ref.offset + ref.size)
         return ""
     source = _inflate(area, ref, side_dir)
     with open(side_dir / source, "rb") as side:
         side_area = Window(side.fileno(), SPAN)
-        apply((side_area, 0, len(side_area)), partial(_may_hide, side_area, 0, len(side_area)))
+        _apply(merge, side_area, 0, len(side_area))
     return source
+
+
+def _apply(merge: RootMerge | Views, area: Window, start: int, end: int) -> None:
+    merge.apply(partial(walk, area, start, end), partial(_may_hide, area, start, end))
 
 
 def _may_hide(area: Window, start: int, end: int) -> bool:
