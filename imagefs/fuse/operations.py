@@ -74,7 +74,7 @@ class OpenDir:
     replies: list[tuple[bytes, pyfuse3.EntryAttributes] | None] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.replies = [None] * len(self.entries)
+        self.replies = [None] * len(self.entries) if self.fixed is not None else []  # only kept ones fill it
 
 
 @dataclass
@@ -123,7 +123,7 @@ class Operations(pyfuse3.Operations):
 
     async def _listed(self, listing: OpenDir, i: int) -> tuple[bytes, pyfuse3.EntryAttributes]:
         """Entry `i`'s readdirplus reply: an immutable directory's is kept, for as long as its inode is."""
-        reply = listing.replies[i]
+        reply = listing.replies[i] if listing.fixed is not None else None
         name, node = listing.entries[i]
         if reply is not None and self.inodes.again(reply[1].st_ino, node):
             return reply

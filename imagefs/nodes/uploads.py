@@ -99,7 +99,7 @@ class UploadFile(File):
     async def stat(self) -> Stat:
         mode = 0o444 if self.ctx.read_only else 0o644
         upload = self.uploads.get(self.kind, self.target)
-        size, mtime = (len(upload.text().encode()), int(upload.created)) if upload else (0, 0)
+        size, mtime = (len(self.text()), int(upload.created)) if upload else (0, 0)
         # 1 MiB, the kernel's largest write: a quarter of the round trips cp would make at 128 KiB.
         return Stat(st.S_IFREG | mode, size, mtime, volatile=True, blksize=1 << 20)
 
