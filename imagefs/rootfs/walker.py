@@ -9,6 +9,8 @@ A walk the child finds broken ends with its `BadArchive` text, raised here.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import marshal
 import os
@@ -22,6 +24,7 @@ from .members import BadArchive, Buffer, Raw, entries
 
 BATCH = 2048  # members a frame holds
 _FRAME = struct.Struct("<cI")  # kind (D: members, E: the walk's error, Z: the end), length
+PIPE_SIZE = 1 << 20  # the default most kernels allow an unprivileged process
 MIN_FORKED = 8 << 20  # a smaller layer is walked in the builder: a fork would cost more than it saves
 
 
@@ -31,6 +34,8 @@ def walk(buf: Buffer, start: int, end: int) -> Iterator[list[Raw]]:
         yield list(entries(buf, start, end))
         return
     read, write = os.pipe()
+    with contextlib.suppress(OSError):  # a deeper pipe lets the walk run ahead of the merge, not in step with it
+        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read)
@@ -74,4 +79,6 @@ def _child(buf: Buffer, start: int, end: int, out: int) -> None:
 
 
 def _send(frames: IO[bytes], kind: bytes, body: bytes) -> None:
+    """A frame, sent at once: the merge takes it while the next is walked."""
     frames.write(_FRAME.pack(kind, len(body)) + body)
+    frames.flush()
