@@ -3,10 +3,12 @@
 A million-entry layer held as Python objects costs over a gigabyte; here a
 file's row goes to SQLite as soon as its member is read, and what the merge
 must ask about a path (is something there, what) is a B-tree probe. Only
-directories (a few per thousand entries) are objects. Rows a layer adds where
-nothing is wait in a batch and go in many per statement; a row that meets one
-already there (the table's key is the path) is the merge's slow path, as are
-directories, links and parents not seen yet (`rootmerge`).
+directories (a few per thousand entries) are objects, and the keys of the
+symlinks. A layer's regular files wait in a batch and go in many per statement,
+each over the file already at its path, if any (the table's key is the path);
+one over a directory or a symlink (known here without asking the table) is the
+merge's slow path, as are directories, links and parents not seen yet
+(`rootmerge`).
 
 Each row also carries what the merge needs later: `wrote`, the layer that
 wrote the path last (-1: made as a missing parent), and `letter`, what that
@@ -28,8 +30,7 @@ ROOT_ID = 1
 # parent, name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink, wrote, letter
 Row = tuple[int, bytes, int, int, int, int, int, int, int, int, int, bytes, int, int, int, int, str | None]
 INSERT = "INSERT INTO node VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_FIELDS = "parent, name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink, wrote, letter"
-_JOINED = ", ".join(f"n.{field}" for field in _FIELDS.split(", "))
+FIELDS = "parent, name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink, wrote, letter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,33 +57,25 @@ class Live:
         con.execute(INSERT, (*dir_row(0, root_name, ROOT_ID), -1, None))
         self.parents: dict[Path, tuple[int, Path]] = {}  # resolved parents, while nothing moves
         self.by_raw: dict[bytes, tuple[int, Path]] = {}  # the same, by a member's parent as written
-        con.execute("CREATE TEMP TABLE probe(seq INTEGER PRIMARY KEY, parent INTEGER, name BLOB)")
+        self.links: set[tuple[int, bytes]] = set()  # where the symlinks are: what a file must not be written over
 
     def new_id(self) -> int:
         return next(self.ids)
 
     def row(self, parent: int, name: bytes) -> Row | None:
-        found = self.con.execute(f"SELECT {_FIELDS} FROM node WHERE parent = ? AND name = ?", (parent, name))
+        found = self.con.execute(f"SELECT {FIELDS} FROM node WHERE parent = ? AND name = ?", (parent, name))
         return found.fetchone()  # type: ignore[no-any-return]
 
-    def rows_at(self, keys: list[tuple[int, bytes]]) -> list[Row | None]:
-        """The rows at these keys, by one join: a probe each would cost a statement each."""
-        self.con.execute("DELETE FROM probe")
-        self.con.executemany("INSERT INTO probe VALUES (?,?,?)", [(i, *key) for i, key in enumerate(keys)])
-        found: list[Row | None] = [None] * len(keys)
-        for seq, *row in self.con.execute(
-                f"SELECT p.seq, {_JOINED} FROM probe p JOIN node n ON n.parent = p.parent AND n.name = p.name"):
-            found[seq] = tuple(row)  # type: ignore[assignment]
-        return found
-
     def children(self, parent: int) -> list[Row]:
-        return self.con.execute(f"SELECT {_FIELDS} FROM node WHERE parent = ?", (parent,)).fetchall()
+        return self.con.execute(f"SELECT {FIELDS} FROM node WHERE parent = ?", (parent,)).fetchall()
 
     def insert(self, row: Row, path: Path) -> None:
         self.con.execute(INSERT, row)
         if row[3] == DIRECTORY:
             self.dirs[row[2]] = Dir(row[0], row[1], path)
             self.subdirs[(row[0], row[1])] = row[2]
+        elif row[3] == SYMLINK:
+            self.links.add((row[0], row[1]))
 
     def moved(self) -> None:
         """A directory or a link went: a cached parent may be under it, or reached through it."""
@@ -104,6 +97,7 @@ class Live:
         for d in gone_dirs:
             gone = self.dirs.pop(d)
             del self.subdirs[(gone.parent, gone.name)]
+        self.links.difference_update(row[:2] for row, _ in found if row[3] == SYMLINK)
         if gone_dirs or top[3] == SYMLINK:
             self.moved()
         return found

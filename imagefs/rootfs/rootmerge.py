@@ -4,12 +4,12 @@ The rules are `merge`'s (its docstring lists them; the tests hold this merge
 to it), and so are the paths' letters (`changes`), the bytes each layer
 wasted and the hardlink identities. What differs is where the tree lives: a
 regular file costs a tuple in a batch; anything else (directories, hardlinks,
-extended attributes, a parent not seen yet) takes the slow path, which asks
-the table. A row of the batch that meets a file already there replaces it in
-place (no directory moves). One that meets a directory or a link cuts the
-batch at that row: the rows before it are in, that member takes the slow
-path, and the members after it are replayed (it may remove a directory their
-rows were put under, or one they were reached through).
+extended attributes, a parent not seen yet, a file over a directory or a
+symlink) takes the slow path, which asks the table. A batch goes in by one
+upsert per ROWS_PER_INSERT rows: a row that meets a file already there
+replaces it in place, and a trigger keeps the row it replaced (`over`), from
+which the bookkeeping of the batch is done at once, in SQL. Nothing a batch
+holds can move a directory, so no row of it is ever written again.
 
 The layer views (`views`) run this merge too, told of each hardlink's inode
 and each removal's rows (`on_link`, `made`, `on_gone`).
@@ -24,10 +24,10 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from .live import ROOT_ID, Live, Path, Row
+from .live import FIELDS, ROOT_ID, Live, Path, Row
 from .members import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Raw, components
 from .merge import OPAQUE, WHITEOUT
 
@@ -37,7 +37,17 @@ ODD_NAMES = frozenset((b"", b".", b".."))
 ATTRS = "kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino"
 Attrs = tuple[int, int, int, int, int, int, int, int, bytes, int, int]  # a row's inode: kind … ino (0: a new one)
 FastRow = tuple[int, bytes, int, int, int, int, int, int, int, int]  # parent, name, id, mode … offset, ino
-Replay = list[tuple[Raw, bool]]  # members again, in order; True: the slow path for certain
+# A file over a file: the new row's values, its letter C over a lower layer's row, else the old row's
+_UPSERT = (" ON CONFLICT(parent, name) DO UPDATE SET " + ", ".join(
+    f"{field} = excluded.{field}" for field in FIELDS.split(", ")[2:-1])
+    + ", letter = CASE WHEN node.wrote != excluded.wrote THEN 'C' ELSE coalesce(node.letter, 'A') END")
+_OVER = f"""
+    CREATE TEMP TABLE over({FIELDS});
+    CREATE TEMP TRIGGER over AFTER UPDATE OF id ON node
+        BEGIN INSERT INTO over VALUES ({", ".join(f"old.{field}" for field in FIELDS.split(", "))}); END;
+    CREATE TEMP TABLE dirname(id INTEGER PRIMARY KEY, path BLOB);"""
+_OVER_PATH = "CAST(d.path || o.name AS BLOB)"
+_OVER_JOIN = "over o JOIN dirname d ON d.id = o.parent"
 
 
 class RootMerge:
@@ -48,13 +58,9 @@ class RootMerge:
         self.wasted: list[int] = []
         self.changed: list[int] = []  # each layer's paths with a letter
         self.alive = 0  # rows the layer being merged wrote, still there
-        self.pending: list[tuple[FastRow, Raw]] = []  # fast-path rows of regular files, and their members
+        self.pending: list[FastRow] = []  # fast-path rows of regular files
         self._insert = ("", "")  # a row of the fast path, and ROWS_PER_INSERT of them
-        self.batch = 1  # rows a batch takes: doubled after each batch that went in whole, to BATCH; 1 after one
-        # that met a path already there, so that a layer rewriting many paths replays few members per path
-        self.replay: deque[tuple[Raw, bool]] = deque()
-        self.moved: list[tuple[int, bytes, str | None]] = []  # letters and removals of files rewritten in place
-        self.removals: list[tuple[object, ...]] = []
+        self.named: set[int] = set()  # directories whose paths `dirname` holds
         self.deleted: set[Path] = set()  # what this layer's whiteouts removed (D), not added again
         self.touched: dict[Path, str] = {}  # letters of this layer's rows that went again
         self.linked: dict[int, set[tuple[int, bytes]]] = {}  # hardlinked inodes: the keys of their rows
@@ -65,7 +71,7 @@ class RootMerge:
         self.made: dict[int, int] | None = None  # the layer's new inodes but files' and directories': their offsets
         con.executescript("""
             CREATE TEMP TABLE removed(top BLOB, path BLOB, kind, mode, uid, gid, mtime, size, layer, offset, link,
-                                      rdev, ino, PRIMARY KEY(top, path)) WITHOUT ROWID;""")
+                                      rdev, ino, PRIMARY KEY(top, path)) WITHOUT ROWID;""" + _OVER)
 
     def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool],
               merged: Callable[[list[Raw]], None] | None = None) -> None:
@@ -84,105 +90,71 @@ class RootMerge:
                 if path and path[-1].startswith(WHITEOUT):
                     self._whiteout(path)
         row = f"(?,?,?,{REGULAR},?,?,?,?,?,{self.n},?,x'',0,?,1,{self.n},'A')"
-        self._insert = (f"INSERT OR IGNORE INTO node VALUES {row}",
-                        f"INSERT OR IGNORE INTO node VALUES {','.join([row] * ROWS_PER_INSERT)}")
+        self._insert = (f"INSERT INTO node VALUES {row}{_UPSERT}",
+                        f"INSERT INTO node VALUES {','.join([row] * ROWS_PER_INSERT)}{_UPSERT}")
         by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
-        deleted, touched = self.deleted, self.touched
-        for m, slow in self._members(walk, merged):
-            if not slow and m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
-                parent, _, name = m[0].rpartition(b"/")
-                found = by_raw.get(parent)
-                if (found is not None and name not in ODD_NAMES and not name.startswith(WHITEOUT)
-                        and not ((deleted or touched) and lettered((*found[1], name)))):
-                    row_id = next(ids)
-                    pending.append(((found[0], name, row_id, m[2], m[3], m[4], m[5], m[6], m[7], row_id), m))
-                    if len(pending) >= self.batch:
-                        self.replay.extendleft(reversed(self._flush()))
-                    continue
-            again = self._flush()  # the slow path reads the table: the batch goes in first
-            if again:
-                self.replay.extendleft(reversed([*again, (m, slow)]))
-            else:
+        subdirs, links, deleted, touched = self.tree.subdirs, self.tree.links, self.deleted, self.touched
+        for batch in walk():
+            for m in batch:
+                if m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
+                    parent, _, name = m[0].rpartition(b"/")
+                    found = by_raw.get(parent)
+                    if (found is not None and name not in ODD_NAMES and not name.startswith(WHITEOUT)
+                            and (key := (found[0], name)) not in subdirs and key not in links
+                            and not ((deleted or touched) and lettered((*found[1], name)))):
+                        row_id = next(ids)
+                        pending.append((*key, row_id, m[2], m[3], m[4], m[5], m[6], m[7], row_id))
+                        if len(pending) >= BATCH:
+                            self._flush()
+                        continue
+                self._flush()  # the slow path reads the table: the batch goes in first
                 self._add(m)
+            if merged is not None:  # every hardlink of the batch was merged: links take the slow path at once
+                merged(batch)
+        self._flush()
         self._chg([(self.n, b"/".join(p), "D") for p in self.deleted])
         self._chg([(self.n, b"/".join(p), letter) for p, letter in self.touched.items()])
         self.changed.append(self.alive + len(self.deleted) + len(self.touched))
 
-    def _members(self, walk: Callable[[], Iterator[list[Raw]]],
-                 merged: Callable[[list[Raw]], None] | None) -> Iterator[tuple[Raw, bool]]:
-        """The layer's members, each replayed one (`replay`) before the next: those after a row that met a
-        path already there, in order. True: the slow path for certain."""
-        for batch in walk():
-            for m in batch:
-                yield m, False
-                while self.replay:
-                    yield self.replay.popleft()
-            if merged is not None:  # every hardlink of the batch was merged: links take the slow path at once
-                merged(batch)
-        while self.pending or self.replay:
-            self.replay.extendleft(reversed(self._flush()))
-            while self.replay:
-                yield self.replay.popleft()
-
-    def _flush(self) -> Replay:
-        """The batch in; a row that met a file already there replaces it in place; what must be replayed if one
-        met a directory or a link: the members from that one on, whose rows are taken out again (it may remove
-        a directory they are under, or one they were reached through)."""
-        batch = list(self.pending)
-        self.pending.clear()
-        if not batch:
-            return []
-        before, rows = self.con.total_changes, [row for row, _ in batch]
+    def _flush(self) -> None:
+        """The batch in, each row over the file at its path if there is one."""
+        rows = self.pending
+        if not rows:
+            return
+        before = self.con.total_changes
         whole = len(rows) - len(rows) % ROWS_PER_INSERT
         self.con.executemany(self._insert[1], [tuple(itertools.chain.from_iterable(rows[at : at + ROWS_PER_INSERT]))
                                                for at in range(0, whole, ROWS_PER_INSERT)])
         self.con.executemany(self._insert[0], rows[whole:])
-        if self.con.total_changes - before == len(rows):
-            self.alive += len(rows)
-            self.batch = min(BATCH, 2 * self.batch)
-            return []
-        replaced: dict[tuple[int, bytes], Row] = {}  # rows rewritten in place, as they are now
-        there = self.tree.rows_at([row[:2] for row in rows])
-        for i, row in enumerate(rows):
-            old = replaced.get(row[:2]) or there[i]
-            if old is not None and old[2] == row[2]:
-                self.alive += 1  # it went in
-            elif old is not None and old[3] not in (DIRECTORY, SYMLINK):
-                replaced[row[:2]] = self._file_over_file(old, row)
-            else:
-                self._write_replaced(replaced)
-                self.con.executemany("DELETE FROM node WHERE parent = ? AND name = ? AND id = ?",
-                                     [later[:3] for later in rows[i + 1 :]])
-                self.batch = 1
-                return [(batch[i][1], True), *((m, False) for _, m in batch[i + 1 :])]
-        self._write_replaced(replaced)
-        self.batch = min(BATCH, 2 * self.batch)
-        return []
+        over = self.con.total_changes - before - len(rows)  # the trigger's rows count too
+        self.alive += len(rows) - over
+        rows.clear()
+        if over:
+            self._overwritten()
 
-    def _file_over_file(self, old: Row, row: FastRow) -> Row:
-        """`_add`'s bookkeeping for a regular file over a file (no directory moves): the new row."""
-        path = (*self.tree.dirs[row[0]].path, row[1])
-        letter = self._letter(path, old)
-        self.touched.pop(path, None)
-        if old[9] >= 0 and old[3] == REGULAR:
-            self.wasted[old[9]] += old[8]
-        if old[15] != self.n:
-            self.alive += 1
-            if old[15] >= 0:
-                self.moved.append((old[15], b"/".join(path), old[16]))
-            self.removals.append((b"/".join(path), b"/".join(path), *old[3:14]))
-            if self.on_gone is not None:
-                self.on_gone([(old, path)])
-        self._count(old, -1)
-        return (*row[:3], REGULAR, *row[3:8], self.n, row[8], b"", 0, row[9], 1, self.n, letter)
-
-    def _write_replaced(self, replaced: dict[tuple[int, bytes], Row]) -> None:
-        self.con.executemany("UPDATE node SET id = ?, kind = ?, mode = ?, uid = ?, gid = ?, mtime = ?, size = ?, "
-                             "layer = ?, offset = ?, link = ?, rdev = ?, ino = ?, nlink = ?, wrote = ?, letter = ? "
-                             "WHERE parent = ? AND name = ?", [(*row[2:], *row[:2]) for row in replaced.values()])
-        self._chg(self.moved)
-        self.con.executemany("INSERT OR IGNORE INTO removed VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", self.removals)
-        self.moved, self.removals = [], []
+    def _overwritten(self) -> None:
+        """`_add`'s bookkeeping for the files the batch wrote over (`over`, by the trigger), then `over` emptied."""
+        con, n = self.con, self.n
+        parents = [p for (p,) in con.execute("SELECT DISTINCT parent FROM over") if p not in self.named]
+        con.executemany("INSERT INTO dirname VALUES (?,?)",
+                        [(p, b"".join(name + b"/" for name in self.tree.dirs[p].path)) for p in parents])
+        self.named.update(parents)
+        con.execute(f"INSERT INTO chg SELECT o.wrote, {_OVER_PATH}, o.letter FROM {_OVER_JOIN} "
+                    "WHERE o.wrote >= 0 AND o.wrote != ?", (n,))
+        con.execute(f"INSERT OR IGNORE INTO removed SELECT {_OVER_PATH}, {_OVER_PATH}, "
+                    f"{', '.join(f'o.{a}' for a in ATTRS.split(', '))} FROM {_OVER_JOIN} WHERE o.wrote != ?", (n,))
+        for layer, size, lower in con.execute(
+                f"SELECT layer, sum(CASE WHEN kind = {REGULAR} THEN size ELSE 0 END), sum(wrote != ?) FROM over "
+                "GROUP BY layer", (n,)):
+            if layer >= 0:
+                self.wasted[layer] += size
+            self.alive += lower
+        if self.linked or self.with_xattrs or self.on_gone is not None:
+            for old in con.execute(f"SELECT {FIELDS} FROM over").fetchall():
+                self._count(old, -1)
+                if self.on_gone is not None and old[15] != n:
+                    self.on_gone([(old, (*self.tree.dirs[old[0]].path, old[1]))])
+        con.execute("DELETE FROM over")
 
     # --- the slow path --------------------------------------------------------------------
 
