@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as stg
 from rootfs_tars import M, compressed, layer, save
 
-from imagefs.rootfs import rootmerge
+from imagefs.rootfs import live, rootmerge
 from imagefs.rootfs import views as views_module
 from imagefs.rootfs.build import ROOTFS, build
 from imagefs.rootfs.index import Index, Row
@@ -349,7 +349,7 @@ def described(ix: Index, tree_name: bytes = ROOTFS) -> tuple[object, ...]:
 @settings(max_examples=400, deadline=None)
 @given(any_layers, stg.sampled_from([2, 3, 4096]))
 def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, str, int]]], batch: int) -> None:
-    rootmerge.BATCH = rootmerge.ROWS_PER_INSERT = batch  # 2: batches cut by a path already there mid-layer
+    rootmerge.BATCH = live.ROWS_PER_INSERT = batch  # 2: batches of a few rows, files over files in them
     data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
     with tempfile.TemporaryDirectory() as where:
         ix, (expected, changes) = index_of(data, Path(where)), model_index(data, Path(where))
@@ -357,7 +357,7 @@ def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, 
             assert described(ix) == described(expected)
             assert [ix.changes(n) for n in range(len(layers))] == changes
         finally:
-            rootmerge.BATCH, rootmerge.ROWS_PER_INSERT = 4096, 64
+            rootmerge.BATCH, live.ROWS_PER_INSERT = 4096, 64
             ix.close()
             expected.close()
 
@@ -365,7 +365,7 @@ def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, 
 @pytest.mark.parametrize("batch", [3, 4096])
 def test_a_file_written_over_a_link_or_a_directory_in_a_batch(batch: int, tmp_path: Path) -> None:
     """What was reached through the link, or put under the directory, before the file: not after it."""
-    rootmerge.BATCH = rootmerge.ROWS_PER_INSERT = batch
+    rootmerge.BATCH = live.ROWS_PER_INSERT = batch
     base = [("dir", "c", "", 0), ("dir", "a/d", "", 0), ("file", "a/a", "", 1)]
     top = [("file", "a/d/a", "", 1), ("file", "a/a", "", 2), ("file", "a/d", "", 2), ("file", "a/d/b", "", 1),
            ("symlink", "a/b", "../c", 0), ("file", "a/b/a", "", 1), ("file", "a/e", "", 1), ("file", "a/b", "", 3),
@@ -378,7 +378,7 @@ def test_a_file_written_over_a_link_or_a_directory_in_a_batch(batch: int, tmp_pa
         c = ix.lookup(ix.tree(ROOTFS).id, b"c")
         assert c is not None and [row.name for row in ix.children(c.id)] == [b"a"]  # a/b/a, before a/b was a file
     finally:
-        rootmerge.BATCH, rootmerge.ROWS_PER_INSERT = 4096, 64
+        rootmerge.BATCH, live.ROWS_PER_INSERT = 4096, 64
         ix.close()
         expected.close()
 
@@ -387,7 +387,7 @@ def test_a_file_written_over_a_link_or_a_directory_in_a_batch(batch: int, tmp_pa
 @given(any_layers, stg.sampled_from([2, 3, 4096]))
 def test_the_row_views_match_the_tree_views(layers: list[list[tuple[str, str, str, int]]], batch: int) -> None:
     """Each layer's own and removed files: tree, attributes, hardlink identity and counts, xattrs, wasted bytes."""
-    rootmerge.BATCH = rootmerge.ROWS_PER_INSERT = views_module.BATCH = views_module.ROWS_PER_INSERT = batch
+    rootmerge.BATCH = live.ROWS_PER_INSERT = views_module.BATCH = batch
     data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
     with tempfile.TemporaryDirectory() as where:
         ix, (expected, _) = index_of(data, Path(where), views=True), model_index(data, Path(where), views=True)
@@ -397,7 +397,7 @@ def test_the_row_views_match_the_tree_views(layers: list[list[tuple[str, str, st
                     assert described(ix, tree) == described(expected, tree), tree
         finally:
             rootmerge.BATCH = views_module.BATCH = 4096
-            rootmerge.ROWS_PER_INSERT = views_module.ROWS_PER_INSERT = 64
+            live.ROWS_PER_INSERT = 64
             ix.close()
             expected.close()
 

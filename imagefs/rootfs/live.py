@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .members import DIRECTORY, SYMLINK
 from .merge import Path, resolve
 
 ROOT_ID = 1
+ROWS_PER_INSERT = 64  # rows one INSERT statement takes
 
 # parent, name, id, kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino, nlink, wrote, letter
 Row = tuple[int, bytes, int, int, int, int, int, int, int, int, int, bytes, int, int, int, int, str | None]
@@ -44,6 +45,21 @@ def dir_row(parent: int, name: bytes, id_: int) -> tuple[int, bytes, int, int, i
                                                         bytes, int, int, int]:
     """The row of a directory no member made (a missing parent, a tree's top): 0755, root's, time 0."""
     return (parent, name, id_, DIRECTORY, 0o755, 0, 0, 0, 0, -1, 0, b"", 0, id_, 2)
+
+
+class Insert:
+    """An INSERT of rows shaped as `row`, ROWS_PER_INSERT of them a statement: SQLite's cost is per statement
+    more than per row."""
+
+    def __init__(self, head: str, row: str, tail: str = "") -> None:
+        self.per = ROWS_PER_INSERT
+        self.one, self.many = f"{head}{row}{tail}", f"{head}{','.join([row] * self.per)}{tail}"
+
+    def __call__(self, con: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+        whole = len(rows) - len(rows) % self.per
+        con.executemany(self.many, [tuple(itertools.chain.from_iterable(rows[at : at + self.per]))
+                                    for at in range(0, whole, self.per)])
+        con.executemany(self.one, rows[whole:])
 
 
 class Live:

@@ -6,7 +6,7 @@ wasted and the hardlink identities. What differs is where the tree lives: a
 regular file costs a tuple in a batch; anything else (directories, hardlinks,
 extended attributes, a parent not seen yet, a file over a directory or a
 symlink) takes the slow path, which asks the table. A batch goes in by one
-upsert per ROWS_PER_INSERT rows: a row that meets a file already there
+upsert per `live.ROWS_PER_INSERT` rows: a row that meets a file already there
 replaces it in place, and a trigger keeps the row it replaced (`over`), from
 which the bookkeeping of the batch is done at once, in SQL. Nothing a batch
 holds can move a directory, so no row of it is ever written again.
@@ -27,12 +27,11 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from .live import FIELDS, ROOT_ID, Live, Path, Row
+from .live import FIELDS, ROOT_ID, Insert, Live, Path, Row
 from .members import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Raw, components
 from .merge import OPAQUE, WHITEOUT
 
 BATCH = 4096
-ROWS_PER_INSERT = 64  # rows one INSERT statement takes: SQLite's cost per statement, not per row
 ODD_NAMES = frozenset((b"", b".", b".."))
 ATTRS = "kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino"
 Attrs = tuple[int, int, int, int, int, int, int, int, bytes, int, int]  # a row's inode: kind … ino (0: a new one)
@@ -59,7 +58,7 @@ class RootMerge:
         self.changed: list[int] = []  # each layer's paths with a letter
         self.alive = 0  # rows the layer being merged wrote, still there
         self.pending: list[FastRow] = []  # fast-path rows of regular files
-        self._insert = ("", "")  # a row of the fast path, and ROWS_PER_INSERT of them
+        self._insert = Insert("", "")  # the fast path's rows
         self.named: set[int] = set()  # directories whose paths `dirname` holds
         self.deleted: set[Path] = set()  # what this layer's whiteouts removed (D), not added again
         self.touched: dict[Path, str] = {}  # letters of this layer's rows that went again
@@ -90,8 +89,7 @@ class RootMerge:
                 if path and path[-1].startswith(WHITEOUT):
                     self._whiteout(path)
         row = f"(?,?,?,{REGULAR},?,?,?,?,?,{self.n},?,x'',0,?,1,{self.n},'A')"
-        self._insert = (f"INSERT INTO node VALUES {row}{_UPSERT}",
-                        f"INSERT INTO node VALUES {','.join([row] * ROWS_PER_INSERT)}{_UPSERT}")
+        self._insert = Insert("INSERT INTO node VALUES ", row, _UPSERT)
         by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
         subdirs, links, deleted, touched = self.tree.subdirs, self.tree.links, self.deleted, self.touched
         for batch in walk():
@@ -122,10 +120,7 @@ class RootMerge:
         if not rows:
             return
         before = self.con.total_changes
-        whole = len(rows) - len(rows) % ROWS_PER_INSERT
-        self.con.executemany(self._insert[1], [tuple(itertools.chain.from_iterable(rows[at : at + ROWS_PER_INSERT]))
-                                               for at in range(0, whole, ROWS_PER_INSERT)])
-        self.con.executemany(self._insert[0], rows[whole:])
+        self._insert(self.con, rows)
         over = self.con.total_changes - before - len(rows)  # the trigger's rows count too
         self.alive += len(rows) - over
         rows.clear()

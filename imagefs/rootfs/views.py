@@ -24,10 +24,10 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from .live import Path, Row, dir_row
+from .live import Insert, Path, Row, dir_row
 from .members import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, Raw, components
 from .merge import WHITEOUT
-from .rootmerge import ATTRS, BATCH, ODD_NAMES, ROWS_PER_INSERT, Attrs, RootMerge
+from .rootmerge import ATTRS, BATCH, ODD_NAMES, Attrs, RootMerge
 
 OWN_INOS = 1 << 40  # layer n's regular files: (n + 1) * OWN_INOS + their data's block in the layer's tar
 REMOVED_INOS = 1 << 62  # what a layer removed: this + the merged tree's number
@@ -116,21 +116,23 @@ class Own:
         self.dirs: dict[int, tuple[int, bytes]] = {self.top: (0, files_tree(n))}
         self.subdirs: dict[tuple[int, bytes], int] = {}
         self.by_raw: dict[bytes, int] = {}  # a member's parent as written -> its directory
-        self.pending: list[ViewRow] = []
+        self.pending: list[tuple[int, bytes, int, int, int, int, int, int, int, int]] = []  # regular files
+        self.files = Insert(_INSERT, f"(?,?,?,{REGULAR},?,?,?,?,?,{n},?,x'',0,?,1,-1,NULL)")
+        self.rows = Insert(_INSERT, _ROW)
         self.linked: set[int] = set()
         self.lower: dict[int, int] = {}  # a lower layer's inode (the merged tree's number) -> this tree's
         self._put([dir_row(0, files_tree(n), self.top)])
 
     def take(self, batch: list[Raw]) -> None:
-        base, pending, by_raw, subdirs = (self.n + 1) * OWN_INOS, self.pending, self.by_raw, self.subdirs
+        base, pending, by_raw, subdirs, ids = (self.n + 1) * OWN_INOS, self.pending, self.by_raw, self.subdirs, \
+            self.views.ids
         for m in batch:
             if m[1] == REGULAR and m[10] is None:
                 parent, _, name = m[0].rpartition(b"/")
                 found = by_raw.get(parent)
                 if (found is not None and name not in ODD_NAMES and not name.startswith(WHITEOUT)
                         and (found, name) not in subdirs):
-                    pending.append((found, name, next(self.views.ids), REGULAR, m[2], m[3], m[4], m[5], m[6],
-                                    self.n, m[7], b"", 0, base + m[7] // BLOCK, 1))
+                    pending.append((found, name, next(ids), m[2], m[3], m[4], m[5], m[6], m[7], base + m[7] // BLOCK))
                     continue
             self._flush()
             self._add(m)
@@ -138,16 +140,13 @@ class Own:
             self._flush()
 
     def _flush(self) -> None:
+        """The regular files waiting, in (their constant fields are the statement's)."""
         if self.pending:
-            self._put(self.pending)
+            self.files(self.con, self.pending)
             self.pending.clear()
 
     def _put(self, rows: list[ViewRow]) -> None:
-        whole = len(rows) - len(rows) % ROWS_PER_INSERT
-        many = _INSERT + ",".join([_ROW] * ROWS_PER_INSERT)
-        self.con.executemany(many, [tuple(itertools.chain.from_iterable(rows[at : at + ROWS_PER_INSERT]))
-                                    for at in range(0, whole, ROWS_PER_INSERT)])
-        self.con.executemany(_INSERT + _ROW, rows[whole:])
+        self.rows(self.con, rows)
 
     def _add(self, m: Raw) -> None:
         path = components(m[0])
