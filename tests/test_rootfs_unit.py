@@ -346,58 +346,83 @@ def described(ix: Index, tree_name: bytes = ROOTFS) -> tuple[object, ...]:
     return rows, sorted(sorted(s) for s in links.values()), layers
 
 
+@contextlib.contextmanager
+def batches_of(size: int) -> Iterator[None]:
+    """The merges' batches and statements `size` rows long: 2 or 3 cut a layer's files into many batches."""
+    saved = rootmerge.BATCH, live.ROWS_PER_INSERT, views_module.BATCH
+    rootmerge.BATCH = live.ROWS_PER_INSERT = views_module.BATCH = size
+    try:
+        yield
+    finally:
+        rootmerge.BATCH, live.ROWS_PER_INSERT, views_module.BATCH = saved
+
+
+def assert_merged_as_the_model(layers: list[list[tuple[str, str, str, int]]], where: Path) -> Index:
+    """The rootfs index of these layers (`rich_member`s), checked against the model's; open, for more checks."""
+    data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
+    ix, (expected, changes) = index_of(data, where), model_index(data, where)
+    try:
+        assert described(ix) == described(expected)
+        assert [ix.changes(n) for n in range(len(layers))] == changes
+    except BaseException:
+        ix.close()
+        raise
+    finally:
+        expected.close()
+    return ix
+
+
 @settings(max_examples=400, deadline=None)
 @given(any_layers, stg.sampled_from([2, 3, 4096]))
 def test_the_row_merge_matches_the_tree_merge(layers: list[list[tuple[str, str, str, int]]], batch: int) -> None:
-    rootmerge.BATCH = live.ROWS_PER_INSERT = batch  # 2: batches of a few rows, files over files in them
-    data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
-    with tempfile.TemporaryDirectory() as where:
-        ix, (expected, changes) = index_of(data, Path(where)), model_index(data, Path(where))
-        try:
-            assert described(ix) == described(expected)
-            assert [ix.changes(n) for n in range(len(layers))] == changes
-        finally:
-            rootmerge.BATCH, live.ROWS_PER_INSERT = 4096, 64
-            ix.close()
-            expected.close()
+    with tempfile.TemporaryDirectory() as where, batches_of(batch):
+        assert_merged_as_the_model(layers, Path(where)).close()
 
 
 @pytest.mark.parametrize("batch", [3, 4096])
-def test_a_file_written_over_a_link_or_a_directory_in_a_batch(batch: int, tmp_path: Path) -> None:
-    """What was reached through the link, or put under the directory, before the file: not after it."""
-    rootmerge.BATCH = live.ROWS_PER_INSERT = batch
+def test_files_written_over_files_links_and_directories_in_a_batch(batch: int, tmp_path: Path) -> None:
+    """In one batch: a file over a lower layer's file (its letter C, its bytes wasted), over a directory and
+    over a link; what was reached through the link, or put under the directory, before the file, not after."""
     base = [("dir", "c", "", 0), ("dir", "a/d", "", 0), ("file", "a/a", "", 1)]
-    top = [("file", "a/d/a", "", 1), ("file", "a/a", "", 2), ("file", "a/d", "", 2), ("file", "a/d/b", "", 1),
-           ("symlink", "a/b", "../c", 0), ("file", "a/b/a", "", 1), ("file", "a/e", "", 1), ("file", "a/b", "", 3),
-           ("file", "a/b/b", "", 1)]
-    data = save([layer(*(rich_member(*m) for m in ms)) for ms in (base, top)])
-    ix, (expected, changes) = index_of(data, tmp_path), model_index(data, tmp_path)
+    top = [("file", "a/g", "", 1), ("file", "a/d/a", "", 1), ("file", "a/a", "", 2), ("file", "a/d", "", 2),
+           ("file", "a/d/b", "", 1), ("symlink", "a/b", "../c", 0), ("file", "a/b/a", "", 1), ("file", "a/e", "", 1),
+           ("file", "a/b", "", 3), ("file", "a/b/b", "", 1)]
+    with batches_of(batch):
+        ix = assert_merged_as_the_model([base, top], tmp_path)
     try:
-        assert described(ix) == described(expected)
-        assert [ix.changes(n) for n in range(2)] == changes
         c = ix.lookup(ix.tree(ROOTFS).id, b"c")
         assert c is not None and [row.name for row in ix.children(c.id)] == [b"a"]  # a/b/a, before a/b was a file
+        assert b"C /a/a\n" in ix.changes(1) and ix.layers[0].wasted >= 1
     finally:
-        rootmerge.BATCH, live.ROWS_PER_INSERT = 4096, 64
         ix.close()
-        expected.close()
+
+
+@pytest.mark.parametrize("batch", [2, 4096])
+def test_a_hardlink_to_a_file_rewritten_then_removed_holds_the_old_file(batch: int, tmp_path: Path) -> None:
+    """D/P written over in place, then D replaced by a file: a later link to D/P is to layer 0's D/P."""
+    layers = [[("dir", "D", "", 0), ("file", "D/P", "", 1)],
+              [("file", "D/Q", "", 1), ("file", "D/P", "", 2), ("file", "D", "", 3), ("hardlink", "L", "D/P", 0)]]
+    with batches_of(batch):
+        ix = assert_merged_as_the_model(layers, tmp_path)
+    try:
+        link = ix.lookup(ix.tree(ROOTFS).id, b"L")
+        assert link is not None and link.size == 1 and link.layer == 0
+    finally:
+        ix.close()
 
 
 @settings(max_examples=400, deadline=None)
 @given(any_layers, stg.sampled_from([2, 3, 4096]))
 def test_the_row_views_match_the_tree_views(layers: list[list[tuple[str, str, str, int]]], batch: int) -> None:
     """Each layer's own and removed files: tree, attributes, hardlink identity and counts, xattrs, wasted bytes."""
-    rootmerge.BATCH = live.ROWS_PER_INSERT = views_module.BATCH = batch
     data = save([layer(*(rich_member(*m) for m in ms)) for ms in layers])
-    with tempfile.TemporaryDirectory() as where:
+    with tempfile.TemporaryDirectory() as where, batches_of(batch):
         ix, (expected, _) = index_of(data, Path(where), views=True), model_index(data, Path(where), views=True)
         try:
             for n in range(len(layers)):
                 for tree in (files_tree(n), removed_tree(n)):
                     assert described(ix, tree) == described(expected, tree), tree
         finally:
-            rootmerge.BATCH = views_module.BATCH = 4096
-            live.ROWS_PER_INSERT = 64
             ix.close()
             expected.close()
 
@@ -455,3 +480,15 @@ def test_a_cut_or_broken_export_followed_makes_no_index(tmp_path: Path) -> None:
         follow_index(data[: len(data) // 2], tmp_path, chunk=1000)  # cut: verified at a length short of the end
     with pytest.raises(BadArchive):
         follow_index(data[: len(data) // 2], tmp_path, chunk=1000, verdict=b"broken\n")
+
+
+def test_a_walker_frame_cut_short_is_no_frame() -> None:
+    """A child that died mid-frame is told apart from one that sent its members (`walker._receive`)."""
+    from imagefs.rootfs import walker
+
+    sent = io.BytesIO()
+    walker._send(sent, b"D", b"members")
+    whole = sent.getvalue()
+    assert walker._receive(io.BytesIO(whole)) == (b"D", b"members")
+    assert walker._receive(io.BytesIO(whole[:-1])) == (b"?", b"")
+    assert walker._receive(io.BytesIO(whole[:3])) == (b"?", b"")

@@ -5,7 +5,7 @@ file's row goes to SQLite as soon as its member is read, and what the merge
 must ask about a path (is something there, what) is a B-tree probe. Only
 directories (a few per thousand entries) are objects, and the keys of the
 symlinks. A layer's regular files wait in a batch and go in many per statement,
-each over the file already at its path, if any (the table's key is the path);
+each over what is already at its path, if anything (the table's key is the path);
 one over a directory or a symlink (known here without asking the table) is the
 merge's slow path, as are directories, links and parents not seen yet
 (`rootmerge`).

@@ -6,10 +6,12 @@ wasted and the hardlink identities. What differs is where the tree lives: a
 regular file costs a tuple in a batch; anything else (directories, hardlinks,
 extended attributes, a parent not seen yet, a file over a directory or a
 symlink) takes the slow path, which asks the table. A batch goes in by one
-upsert per `live.ROWS_PER_INSERT` rows: a row that meets a file already there
-replaces it in place, and a trigger keeps the row it replaced (`over`), from
-which the bookkeeping of the batch is done at once, in SQL. Nothing a batch
-holds can move a directory, so no row of it is ever written again.
+upsert per `live.ROWS_PER_INSERT` rows: a row that meets a file (or a fifo, a
+device) already there replaces it in place, and a trigger keeps the row it
+replaced (`over`); the bookkeeping `_add` does for a replaced row is done for
+the batch's in a few statements, and in Python only where hardlinks, extended
+attributes or the layer views need it. Nothing a batch holds can move a
+directory, so no member is ever merged twice.
 
 The layer views (`views`) run this merge too, told of each hardlink's inode
 and each removal's rows (`on_link`, `made`, `on_gone`).
@@ -40,9 +42,10 @@ FastRow = tuple[int, bytes, int, int, int, int, int, int, int, int]  # parent, n
 _UPSERT = (" ON CONFLICT(parent, name) DO UPDATE SET " + ", ".join(
     f"{field} = excluded.{field}" for field in FIELDS.split(", ")[2:-1])
     + ", letter = CASE WHEN node.wrote != excluded.wrote THEN 'C' ELSE coalesce(node.letter, 'A') END")
+# `node` is whichever table the merge's other statements write: the TEMP copy `views` makes, if it made one
 _OVER = f"""
     CREATE TEMP TABLE over({FIELDS});
-    CREATE TEMP TRIGGER over AFTER UPDATE OF id ON node
+    CREATE TEMP TRIGGER keep_over AFTER UPDATE OF id ON node
         BEGIN INSERT INTO over VALUES ({", ".join(f"old.{field}" for field in FIELDS.split(", "))}); END;
     CREATE TEMP TABLE dirname(id INTEGER PRIMARY KEY, path BLOB);"""
 _OVER_PATH = "CAST(d.path || o.name AS BLOB)"
@@ -58,7 +61,7 @@ class RootMerge:
         self.changed: list[int] = []  # each layer's paths with a letter
         self.alive = 0  # rows the layer being merged wrote, still there
         self.pending: list[FastRow] = []  # fast-path rows of regular files
-        self._insert = Insert("", "")  # the fast path's rows
+        self._insert: Insert | None = None  # the fast path's rows, made for each layer
         self.named: set[int] = set()  # directories whose paths `dirname` holds
         self.deleted: set[Path] = set()  # what this layer's whiteouts removed (D), not added again
         self.touched: dict[Path, str] = {}  # letters of this layer's rows that went again
@@ -90,23 +93,8 @@ class RootMerge:
                     self._whiteout(path)
         row = f"(?,?,?,{REGULAR},?,?,?,?,?,{self.n},?,x'',0,?,1,{self.n},'A')"
         self._insert = Insert("INSERT INTO node VALUES ", row, _UPSERT)
-        by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
-        subdirs, links, deleted, touched = self.tree.subdirs, self.tree.links, self.deleted, self.touched
         for batch in walk():
-            for m in batch:
-                if m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
-                    parent, _, name = m[0].rpartition(b"/")
-                    found = by_raw.get(parent)
-                    if (found is not None and name not in ODD_NAMES and not name.startswith(WHITEOUT)
-                            and (key := (found[0], name)) not in subdirs and key not in links
-                            and not ((deleted or touched) and lettered((*found[1], name)))):
-                        row_id = next(ids)
-                        pending.append((*key, row_id, m[2], m[3], m[4], m[5], m[6], m[7], row_id))
-                        if len(pending) >= BATCH:
-                            self._flush()
-                        continue
-                self._flush()  # the slow path reads the table: the batch goes in first
-                self._add(m)
+            self._merge(batch)
             if merged is not None:  # every hardlink of the batch was merged: links take the slow path at once
                 merged(batch)
         self._flush()
@@ -114,22 +102,44 @@ class RootMerge:
         self._chg([(self.n, b"/".join(p), letter) for p, letter in self.touched.items()])
         self.changed.append(self.alive + len(self.deleted) + len(self.touched))
 
+    def _merge(self, batch: list[Raw]) -> None:
+        by_raw, pending, ids, lettered = self.tree.by_raw, self.pending, self.tree.ids, self._lettered
+        subdirs, links, deleted, touched = self.tree.subdirs, self.tree.links, self.deleted, self.touched
+        for m in batch:
+            if m[1] == REGULAR and m[10] is None:  # the fast path, inline: most members take it
+                parent, _, name = m[0].rpartition(b"/")
+                found = by_raw.get(parent)
+                if (found is not None and name not in ODD_NAMES and not name.startswith(WHITEOUT)
+                        and (key := (found[0], name)) not in subdirs and key not in links
+                        and not ((deleted or touched) and lettered((*found[1], name)))):
+                    row_id = next(ids)
+                    pending.append((*key, row_id, m[2], m[3], m[4], m[5], m[6], m[7], row_id))
+                    if len(pending) >= BATCH:
+                        self._flush()
+                    continue
+            self._flush()  # the slow path reads the table: the batch goes in first
+            self._add(m)
+
     def _flush(self) -> None:
-        """The batch in, each row over the file at its path if there is one."""
+        """The batch in, each row over what is at its path (neither a directory nor a symlink) if anything is."""
         rows = self.pending
         if not rows:
             return
-        before = self.con.total_changes
+        assert self._insert is not None
         self._insert(self.con, rows)
-        over = self.con.total_changes - before - len(rows)  # the trigger's rows count too
+        (over,) = self.con.execute("SELECT count(*) FROM over").fetchone()
         self.alive += len(rows) - over
         rows.clear()
         if over:
-            self._overwritten()
+            self._file_over(self.n)
+            if self.linked or self.with_xattrs or self.on_gone is not None:
+                self._count_over()
+            self.con.execute("DELETE FROM over")
 
-    def _overwritten(self) -> None:
-        """`_add`'s bookkeeping for the files the batch wrote over (`over`, by the trigger), then `over` emptied."""
-        con, n = self.con, self.n
+    def _file_over(self, n: int) -> None:
+        """`_add`'s bookkeeping, in SQL, for the rows the batch wrote over (`over`, kept by the trigger): their
+        letters (`chg`), the removals, the bytes wasted, and the lower layers' rows now rewritten."""
+        con = self.con
         parents = [p for (p,) in con.execute("SELECT DISTINCT parent FROM over") if p not in self.named]
         con.executemany("INSERT INTO dirname VALUES (?,?)",
                         [(p, b"".join(name + b"/" for name in self.tree.dirs[p].path)) for p in parents])
@@ -144,12 +154,14 @@ class RootMerge:
             if layer >= 0:
                 self.wasted[layer] += size
             self.alive += lower
-        if self.linked or self.with_xattrs or self.on_gone is not None:
-            for old in con.execute(f"SELECT {FIELDS} FROM over").fetchall():
-                self._count(old, -1)
-                if self.on_gone is not None and old[15] != n:
-                    self.on_gone([(old, (*self.tree.dirs[old[0]].path, old[1]))])
-        con.execute("DELETE FROM over")
+
+    def _count_over(self) -> None:
+        """The rest of `_add`'s bookkeeping for those rows, in Python: hardlinks and extended attributes
+        counted, and the layer views told."""
+        for old in self.con.execute(f"SELECT {FIELDS} FROM over").fetchall():
+            self._count(old, -1)
+            if self.on_gone is not None and old[15] != self.n:
+                self.on_gone([(old, (*self.tree.dirs[old[0]].path, old[1]))])
 
     # --- the slow path --------------------------------------------------------------------
 

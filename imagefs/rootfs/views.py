@@ -63,6 +63,7 @@ class Views:
         self.root.on_link = lambda m, attrs: self.links.__setitem__(m[7], attrs)
         self.root.on_gone = self._record
         self.removals = itertools.count()
+        self.rows = Insert(_INSERT, _ROW)  # a view's rows of any kind
         con.execute(f"CREATE TEMP TABLE gone(key BLOB, seq INTEGER, top INTEGER, {ATTRS}, PRIMARY KEY(key, seq)) "
                     "WITHOUT ROWID")
 
@@ -118,14 +119,13 @@ class Own:
         self.by_raw: dict[bytes, int] = {}  # a member's parent as written -> its directory
         self.pending: list[tuple[int, bytes, int, int, int, int, int, int, int, int]] = []  # regular files
         self.files = Insert(_INSERT, f"(?,?,?,{REGULAR},?,?,?,?,?,{n},?,x'',0,?,1,-1,NULL)")
-        self.rows = Insert(_INSERT, _ROW)
         self.linked: set[int] = set()
         self.lower: dict[int, int] = {}  # a lower layer's inode (the merged tree's number) -> this tree's
-        self._put([dir_row(0, files_tree(n), self.top)])
+        self.views.rows(self.con, [dir_row(0, files_tree(n), self.top)])
 
     def take(self, batch: list[Raw]) -> None:
-        base, pending, by_raw, subdirs, ids = (self.n + 1) * OWN_INOS, self.pending, self.by_raw, self.subdirs, \
-            self.views.ids
+        base, pending, by_raw, subdirs = (self.n + 1) * OWN_INOS, self.pending, self.by_raw, self.subdirs
+        ids = self.views.ids
         for m in batch:
             if m[1] == REGULAR and m[10] is None:
                 parent, _, name = m[0].rpartition(b"/")
@@ -144,9 +144,6 @@ class Own:
         if self.pending:
             self.files(self.con, self.pending)
             self.pending.clear()
-
-    def _put(self, rows: list[ViewRow]) -> None:
-        self.rows(self.con, rows)
 
     def _add(self, m: Raw) -> None:
         path = components(m[0])
@@ -172,7 +169,7 @@ class Own:
         if old is not None:
             self._drop(old)
         row_id = ino if attrs[0] == DIRECTORY else self.views.row_id()
-        self._put([(*key, row_id, *attrs, ino, 1)])  # type: ignore[list-item]
+        self.views.rows(self.con, [(*key, row_id, *attrs, ino, 1)])  # type: ignore[list-item]
         if attrs[0] == DIRECTORY:
             self.dirs[row_id] = key
             self.subdirs[key] = row_id
@@ -211,7 +208,7 @@ class Own:
             child = self.subdirs.get((here, name))
             if child is None:
                 child = self.views.row_id()
-                self._put([dir_row(here, name, child)])
+                self.views.rows(self.con, [dir_row(here, name, child)])
                 self.subdirs[(here, name)] = child
                 self.dirs[child] = (here, name)
             here = child
@@ -282,7 +279,7 @@ class Removed:
                 linked.add(ino)
             stack.append((path, row_id, row[1] if row[3] == DIRECTORY else -1))
             if len(rows) >= BATCH:
-                self.con.executemany(_INSERT + _ROW, rows)
+                views.rows(self.con, rows)
                 rows = []
-        self.con.executemany(_INSERT + _ROW, rows)
+        views.rows(self.con, rows)
         views.set_nlinks(lo, views.row_id(), dirs, linked)

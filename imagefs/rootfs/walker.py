@@ -45,8 +45,7 @@ def walk(buf: Buffer, start: int, end: int) -> Iterator[list[Raw]]:
     try:
         with os.fdopen(read, "rb", buffering=1 << 20) as frames:
             while not finished:
-                kind, length = _FRAME.unpack(frames.read(_FRAME.size) or b"?\0\0\0\0")
-                body = frames.read(length)
+                kind, body = _receive(frames)
                 if kind == b"D":
                     yield marshal.loads(body)
                 elif kind == b"E":
@@ -80,5 +79,16 @@ def _child(buf: Buffer, start: int, end: int, out: int) -> None:
 
 def _send(frames: IO[bytes], kind: bytes, body: bytes) -> None:
     """A frame, sent at once: the merge takes it while the next is walked."""
-    frames.write(_FRAME.pack(kind, len(body)) + body)
+    frames.write(_FRAME.pack(kind, len(body)))
+    frames.write(body)
     frames.flush()
+
+
+def _receive(frames: IO[bytes]) -> tuple[bytes, bytes]:
+    """The next frame's kind and body; kind `?` if the child ended before a whole frame."""
+    head = frames.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return b"?", b""
+    kind, length = _FRAME.unpack(head)
+    body = frames.read(length)
+    return (kind, body) if len(body) == length else (b"?", b"")
