@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as stg
 from rootfs_tars import M, compressed, layer, save
 
-from imagefs.rootfs import live, rootmerge
+from imagefs.rootfs import live, rootmerge, walks
 from imagefs.rootfs import views as views_module
 from imagefs.rootfs.build import ROOTFS, build
 from imagefs.rootfs.index import Index, Row
@@ -257,9 +257,12 @@ def test_trim_removes_least_recent_indexes_and_the_layers_only_they_read(tmp_pat
     assert len(side) == 2  # the two gzip layers, inflated (their bytes differ by file name)
     total = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert trim(tmp_path, total, set()) == []
-    removed = trim(tmp_path, total - 1, {made[0]})  # image0 is open here: image1 goes, and its layer
-    assert removed[0] == made[1] and len(removed) == 2 and removed[1] in side
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({made[0], made[2]} | (side - {removed[1]}))
+    kept = {p.name for p in tmp_path.glob(f"*{walks.SUFFIX}")}
+    assert len(kept) == 3  # each layer's walk
+    removed = trim(tmp_path, total - 1, {made[0]})  # image0 is open here: image1 goes, its layer and its walk
+    assert removed[0] == made[1] and len(removed) == 3 and removed[1] in side and removed[2] in kept
+    assert removed[1].removesuffix(".tar") == removed[2].removesuffix(walks.SUFFIX)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({made[0], made[2]} | (side | kept) - set(removed))
 
 
 # --- the member walk against tarfile: long and non-ASCII names, every format ---------------------
@@ -430,9 +433,10 @@ def test_the_row_views_match_the_tree_views(layers: list[list[tuple[str, str, st
 # --- indexing as the save arrives (`follow`): the same index, and none from a cut or broken export ----------
 
 
-def follow_index(data: bytes, where: Path, chunk: int, verdict: bytes | None = None) -> Index:
+def follow_index(data: bytes, where: Path, chunk: int, verdict: bytes | None = None,
+                 kept: walks.Walks | None = None) -> Index:
     """The index built while a thread writes `data` into the spool `chunk` bytes at a time, telling each
-    length, then `verdict` (default: the export verified at its length)."""
+    length, then `verdict` (default: the export verified at its length); `kept`: the build's walks."""
     spool, db = where / "growing.tar", where / "follow.sqlite"
     spool.write_bytes(b"")
     db.unlink(missing_ok=True)
@@ -452,7 +456,7 @@ def follow_index(data: bytes, where: Path, chunk: int, verdict: bytes | None = N
     feeder.start()
     try:
         with os.fdopen(read, "rb") as lengths:
-            build(fd, db, where, lengths=lengths)
+            build(fd, db, where, lengths=lengths, walks=kept)
     finally:
         feeder.join()
         os.close(fd)

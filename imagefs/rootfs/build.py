@@ -6,7 +6,9 @@ listing one range scan, and no second index repeats the names. A file's row
 holds where its bytes are: the layer, and the offset in that layer's
 uncompressed tar, so any save of the image (another reference, another engine)
 serves it once that layer's place in the save is known. Compressed layers are
-inflated once into a side file beside the index.
+inflated once into a side file beside the index; each layer's member walk is
+kept there too, by diff ID (`walks`), so a layer shared between images, or
+indexed again for its views, is walked once.
 
 The rootfs is merged row by row onto the table (`rootmerge`: tens of bytes of
 memory per entry, at a few hundred thousand entries per second, big layers
@@ -28,18 +30,20 @@ import resource
 import sqlite3
 import sys
 import zlib
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import IO
 
 from .follow import Growing, Stage, Staged
 from .inflate import inflate_zstd
-from .members import SPAN, BadArchive, Window
+from .members import SPAN, BadArchive, Raw, Window
 from .merge import WHITEOUT
 from .rootmerge import RootMerge
 from .save import LayerRef, read_save
 from .views import Views
 from .walker import walk
+from .walks import Walks
 
 FORMAT = 4  # 4: rows of a hardlink under a path whited out and rebuilt, merged right (3 could lose them)
 ROOTFS = b"rootfs"
@@ -57,69 +61,82 @@ CREATE TABLE dirpath(id INTEGER PRIMARY KEY, path BLOB);
 """
 
 
-def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: IO[bytes] | None = None) -> int:
+def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: IO[bytes] | None = None,
+          walks: Walks | None = None) -> int:
     """Index the save in `save_fd` into a new database at `db`: the merged rootfs, or with `views` each
     layer's own and removed files instead (half the rows, wanted less often: built when first asked for).
     With `lengths`, the save is still being written and the rootfs is indexed as it arrives (`follow`).
-    The number of rows written."""
-    if lengths is not None:
-        return _build_following(Growing(save_fd, lengths), db, side_dir)
-    area = Window(save_fd, SPAN)
+    Each layer's walk is kept in `side_dir`, or taken from there (`walks`: told which). The number of rows
+    written."""
+    with contextlib.closing(walks or Walks(side_dir)) as kept:
+        if lengths is not None:
+            return _build_following(Growing(save_fd, lengths), db, side_dir, kept)
+        area = Window(save_fd, SPAN)
+        save = read_save(area)
+        con = _create(db)
+        try:
+            if views:
+                merged = Views(con, SCHEMA)
+                sources = [_walk_layer(area, ref, side_dir, merged, kept) for ref in save.layers]
+                return _write_layers(con, save.layers, sources, merged.root)
+            root = RootMerge(con, ROOTFS)
+            sources = [_walk_layer(area, ref, side_dir, root, kept) for ref in save.layers]
+            root.finish()
+            return _write_layers(con, save.layers, sources, root)
+        finally:
+            con.close()
+
+
+def _build_following(area: Growing, db: Path, side_dir: Path, walks: Walks) -> int:
+    stage = Stage(area, walks)
+    stage.run()
     save = read_save(area)
     con = _create(db)
     try:
-        if views:
-            merged = Views(con, SCHEMA)
-            sources = [_walk_layer(area, ref, side_dir, merged) for ref in save.layers]
-            return _write_layers(con, save.layers, sources, merged.root)
         root = RootMerge(con, ROOTFS)
-        sources = [_walk_layer(area, ref, side_dir, root) for ref in save.layers]
+        sources = [_apply_staged(area, ref, side_dir, root, walks, stage.staged.get(ref.offset))
+                   for ref in save.layers]
         root.finish()
         return _write_layers(con, save.layers, sources, root)
     finally:
         con.close()
 
 
-def _build_following(area: Growing, db: Path, side_dir: Path) -> int:
-    stage = Stage(area)
-    try:
-        stage.run()
-        save = read_save(area)
-        con = _create(db)
-        try:
-            root = RootMerge(con, ROOTFS)
-            sources = [_apply_staged(area, ref, side_dir, root, stage.staged.get(ref.offset)) for ref in save.layers]
-            root.finish()
-            return _write_layers(con, save.layers, sources, root)
-        finally:
-            con.close()
-    finally:
-        stage.close()
-
-
-def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, staged: Staged | None) -> str:
-    """A layer merged from its staged members; one that was not staged (compressed), as when not following."""
+def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, walks: Walks,
+                  staged: Staged | None) -> str:
+    """A layer merged from its staged members (its walk then kept); one that was not staged (compressed), as
+    when not following."""
     if staged is None or ref.compression:
-        return _walk_layer(area, ref, side_dir, root)
+        return _walk_layer(area, ref, side_dir, root, walks)
+    if staged.keeper is not None:
+        staged.keeper.keep(ref.diff_id)
+        walks.told.append(f"layer {ref.diff_id}: walked as it arrived")
     root.apply(staged.walk, lambda: staged.whiteouts)
     return ""
 
 
-def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | Views) -> str:
-    """Merge the layer's tar (walked where it is; whiteouts looked for only if it may hold some); the side file
-    it is in, if any."""
+def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | Views, walks: Walks) -> str:
+    """Merge the layer's tar from its kept walk, or walked where it is (whiteouts looked for only if it may hold
+    some) and its walk kept; the side file it is in, if any."""
+    source = _inflate(area, ref, side_dir) if ref.compression else ""
+    kept = walks.kept(ref.diff_id)
+    if kept is not None:
+        merge.apply(kept.walk, lambda: kept.whiteouts)
+        return source
     if not ref.compression:
-        _apply(merge, area, ref.offset, ref.offset + ref.size)
+        _apply(merge, walks.keeping(ref.diff_id, partial(walk, area, ref.offset, ref.offset + ref.size)),
+               area, ref.offset, ref.offset + ref.size)
         return ""
-    source = _inflate(area, ref, side_dir)
     with open(side_dir / source, "rb") as side:
         side_area = Window(side.fileno(), SPAN)
-        _apply(merge, side_area, 0, len(side_area))
+        _apply(merge, walks.keeping(ref.diff_id, partial(walk, side_area, 0, len(side_area))),
+               side_area, 0, len(side_area))
     return source
 
 
-def _apply(merge: RootMerge | Views, area: Window, start: int, end: int) -> None:
-    merge.apply(partial(walk, area, start, end), partial(_may_hide, area, start, end))
+def _apply(merge: RootMerge | Views, walked: Callable[[], Iterator[list[Raw]]], area: Window, start: int,
+           end: int) -> None:
+    merge.apply(walked, partial(_may_hide, area, start, end))
 
 
 def _may_hide(area: Window, start: int, end: int) -> bool:
@@ -174,10 +191,12 @@ def main(argv: list[str]) -> int:
     Exit status 0 (the row count on stdout), 2 for a save that is not what it must be (why, on stderr)."""
     gc.disable()  # a few million small objects and no cycles: collections would only cost time
     follow = [int(arg.removeprefix("follow=")) for arg in argv[3:] if arg.startswith("follow=")]
+    walks = Walks(Path(argv[2]))
     try:
         with os.fdopen(follow[0], "rb") if follow else contextlib.nullcontext() as lengths:
-            print(build(int(argv[0]), Path(argv[1]), Path(argv[2]), views="views" in argv[3:], lengths=lengths))
-        print(f"peak RSS {_peak_kib()} KiB", file=sys.stderr)
+            print(build(int(argv[0]), Path(argv[1]), Path(argv[2]), views="views" in argv[3:], lengths=lengths,
+                        walks=walks))
+        print(*walks.told, f"peak RSS {_peak_kib()} KiB", sep="\n", file=sys.stderr)
     except BadArchive as exc:
         print(exc, file=sys.stderr)
         return 2

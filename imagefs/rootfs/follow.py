@@ -8,8 +8,14 @@ one.
 
 Which members are layers is known only from `manifest.json`, the last member of
 a legacy save; so every member that starts like a tar is walked as it arrives
-and its members staged (marshal batches in a temporary file), and the merge runs
-once the save's end is in, in the layer order the manifest gives. A member that
+and its members staged (marshal batches, as `walks` keeps them), and the merge runs
+once the save's end is in, in the layer order the manifest gives; a staged
+layer's walk is then kept under its diff ID. A member is not walked again when
+its name gives its diff ID and that layer's walk is kept: OCI
+`blobs/sha256/<diff ID>` (uncompressed layers) and podman's `<diff ID>.tar`.
+A legacy save's `<v1 id>/layer.tar` names no diff ID, and neither does a
+compressed blob's digest, so those are walked as they arrive even when a kept
+walk would have served (the manifest naming them comes last). A member that
 only looked like a layer and is not one costs its walk; one that is a layer and
 is broken fails the build only once the manifest says it is a layer.
 Compressed layers are inflated at the end (`build._inflate`).
@@ -17,18 +23,17 @@ Compressed layers are inflated at the end (`build._inflate`).
 
 from __future__ import annotations
 
-import marshal
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 from ..tarcheck import BLOCK, checksum_problem
-from .members import SPAN, ZERO, BadArchive, Raw, Window, components, entries, members
-from .merge import WHITEOUT
+from .members import SPAN, ZERO, BadArchive, Raw, Window, entries, members
+from .walks import Keeper, Kept, Walks
 
 BATCH = 2048
 ENDLESS = 1 << 62  # the end of a save whose length is not known yet
+HEX = frozenset("0123456789abcdef")
 
 
 class Growing(Window):
@@ -66,22 +71,21 @@ class Growing(Window):
 
 @dataclass
 class Staged:
-    """One save member's layer members, as `entries` gave them, or why it is no tar."""
+    """One save member's layer members, as `entries` gave them (staged here, or a kept walk), or why it is no tar."""
 
-    batches: IO[bytes] | None = None
-    whiteouts: bool = False
+    kept: Kept | None = None
+    keeper: Keeper | None = None  # it was staged here: what names the walk once the layer's diff ID is known
     problem: str | None = None
+
+    @property
+    def whiteouts(self) -> bool:
+        return self.kept is not None and self.kept.whiteouts
 
     def walk(self) -> Iterator[list[Raw]]:
         if self.problem is not None:
             raise BadArchive(self.problem)
-        assert self.batches is not None
-        self.batches.seek(0)
-        while True:
-            try:
-                yield marshal.load(self.batches)
-            except EOFError:
-                return
+        assert self.kept is not None
+        return self.kept.walk()
 
 
 @dataclass
@@ -89,42 +93,49 @@ class Stage:
     """The save's members that look like layer tars, staged by their data's offset in the save."""
 
     area: Growing
+    walks: Walks
     staged: dict[int, Staged] = field(default_factory=dict)
 
     def run(self) -> None:
-        """Walk the save as it arrives, up to its end-of-archive marker, staging each member that looks like a tar."""
+        """Walk the save as it arrives, up to its end-of-archive marker, staging each member that looks like a tar
+        and whose name gives no diff ID with a kept walk."""
         for m in members(self.area, 0, ENDLESS):
             if m.size >= 2 * BLOCK and _looks_like_tar(bytes(self.area[m.offset : m.offset + BLOCK])):
-                self.staged[m.offset] = self._stage(m.offset, m.offset + m.size)
+                diff_id = _named_diff_id(m.path)
+                kept = self.walks.kept(diff_id) if diff_id else None
+                self.staged[m.offset] = Staged(kept) if kept else self._stage(m.offset, m.offset + m.size)
 
     def _stage(self, start: int, end: int) -> Staged:
-        staged = Staged(tempfile.TemporaryFile())  # noqa: SIM115 — read by the merge, closed by `close`
-        assert staged.batches is not None
+        keeper = self.walks.keeper()
         batch: list[Raw] = []
         try:
             for m in entries(self.area, start, end):
                 batch.append(m)
-                if WHITEOUT in m[0] and not staged.whiteouts:
-                    path = components(m[0])
-                    staged.whiteouts = bool(path) and path[-1].startswith(WHITEOUT)  # type: ignore[index]
                 if len(batch) == BATCH:
-                    marshal.dump(batch, staged.batches)
+                    keeper.add(batch)
                     batch = []
-            marshal.dump(batch, staged.batches)
+            keeper.add(batch)
         except BadArchive as exc:
-            staged.batches.close()
             if self.area.problem is not None or (self.area.final and end > self.area.size):
                 raise  # the save itself is cut or broken: no member's problem
             return Staged(problem=str(exc))
-        except BaseException:
-            staged.batches.close()
-            raise
-        return staged
+        return Staged(keeper.finish(), keeper)
 
-    def close(self) -> None:
-        for staged in self.staged.values():
-            if staged.batches is not None:
-                staged.batches.close()
+
+def _named_diff_id(path: bytes) -> str:
+    """The diff ID a member's name gives, where the layout names layers by it: OCI `blobs/sha256/<hex>` (the
+    digest of the bytes as saved: the diff ID only of an uncompressed layer, and the caller saw a tar header)
+    and podman's `<hex>.tar`."""
+    name = path.decode("ascii", "replace").removeprefix("./")
+    if name.startswith("blobs/sha256/"):
+        hexes = name.removeprefix("blobs/sha256/")
+    elif "/" not in name and name.endswith(".tar"):
+        hexes = name.removesuffix(".tar")
+    else:
+        return ""
+    if len(hexes) == 64 and HEX.issuperset(hexes):
+        return f"sha256:{hexes}"
+    return ""
 
 
 def _looks_like_tar(header: bytes) -> bool:

@@ -111,18 +111,19 @@ class Indexes:
         export = await self.exports.open(self.exports.for_image(image_id, target))
         try:
             started = trio.current_time()
-            rows, size, ended = await self._build(export, path, views)
-            log.info("index of %s%s: built, %d rows, %d bytes, %.3f s after the export", image_id[:12],
-                     " (layers)" if views else "", rows, size, trio.current_time() - max(started, ended))
+            rows, size, ended, walks = await self._build(export, path, views)
+            log.info("index of %s%s: built, %d rows, %d bytes, %.3f s after the export; %s", image_id[:12],
+                     " (layers)" if views else "", rows, size, trio.current_time() - max(started, ended), walks)
             ix = await trio.to_thread.run_sync(Index, path)
             await self._trim(keep=path.name)
             return ix
         finally:
             await self.exports.release(export)
 
-    async def _build(self, export: Export, path: Path, views: bool) -> tuple[int, int, float]:
+    async def _build(self, export: Export, path: Path, views: bool) -> tuple[int, int, float, str]:
         """Index the spool into `path`, which appears only once whole and only from a verified export; its rows
-        and bytes, and when the export ended. The rootfs of an export still running is indexed as it arrives."""
+        and bytes, when the export ended, and which layers were walked (`walks`). The rootfs of an export still
+        running is indexed as it arrives."""
         names = " ".join(export.content.names)
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
         follow = not views and not export.done.is_set()
@@ -149,7 +150,9 @@ class Indexes:
             if isinstance(done, OSError):
                 raise done
             _check(done, names)
-            return int(done.stdout), await trio.to_thread.run_sync(_publish, part, path), ended[0]
+            walks = ", ".join(line for line in done.stderr.decode(errors="replace").splitlines()
+                              if line.startswith("layer "))
+            return int(done.stdout), await trio.to_thread.run_sync(_publish, part, path), ended[0], walks
         except OSError as exc:
             raise SpoolError.of(exc, f"the index {path}") from None
         finally:

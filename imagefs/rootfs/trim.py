@@ -1,8 +1,10 @@
-"""The indexes and inflated layers in CACHE_DIR/rootfs count against --cache-size with the spools.
+"""The indexes, inflated layers and kept walks in CACHE_DIR/rootfs count against --cache-size with the spools.
 
 Least recently used first (an index's mtime is when a mount last opened it); an
-index open in this mount stays, and an inflated layer goes only with the last
-index that reads it. Another daemon that has an index open keeps its descriptor,
+index open in this mount stays, and an inflated layer or a layer's kept walk
+goes only with the last index that has the layer (a kept walk no index has, left
+by a build that failed, goes once the indexes alone do not bring the directory
+under its bound). Another daemon that has an index open keeps its descriptor,
 and a later open there builds the index again.
 """
 
@@ -13,14 +15,17 @@ import os
 import sqlite3
 from pathlib import Path
 
+from . import walks
+
 INDEX = ".sqlite"
 
 
 def sources(index: Path) -> set[str]:
-    """The inflated layers an index reads (blocking)."""
+    """The inflated layers an index reads and the kept walks of its layers (blocking)."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
-            return {row[0] for row in db.execute("SELECT source FROM layer WHERE source != ''")}
+            return {name for source, diff_id in db.execute("SELECT source, diff_id FROM layer")
+                    for name in (source, walks.name(diff_id)) if name}
     except sqlite3.Error:
         return set()
 
@@ -31,7 +36,7 @@ def trim(directory: Path, budget: int, keep: set[str]) -> list[str]:
              if e.is_file(follow_symlinks=False) and not e.name.startswith(".")}
     held = sum(s.st_size for s in files.values())
     removed: list[str] = []
-    freed: set[str] = set()  # inflated layers that only removed indexes may still need
+    freed: set[str] = set()  # inflated layers and kept walks that only removed indexes may still need
     for _, name in sorted((s.st_mtime, n) for n, s in files.items() if n.endswith(INDEX) and n not in keep):
         if held <= budget:
             break
@@ -40,11 +45,10 @@ def trim(directory: Path, budget: int, keep: set[str]) -> list[str]:
             os.unlink(directory / name)
         held -= files.pop(name).st_size
         removed.append(name)
-    if freed:
-        for name in files:
-            if name.endswith(INDEX):
-                freed -= sources(directory / name)
-        for name in sorted(freed & set(files)):
+    if freed or held > budget:
+        needed = set().union(*(sources(directory / name) for name in files if name.endswith(INDEX)))
+        orphans = {name for name in files if name.endswith(walks.SUFFIX)} if held > budget else set()
+        for name in sorted((freed | orphans) & set(files) - needed):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / name)
             removed.append(name)

@@ -1,0 +1,181 @@
+"""Each layer's member walk, kept once per diff ID beside the indexes: a layer shared by images is walked once.
+
+Walking a layer (`members.entries`: every tar header parsed and checked, about
+2.7 µs a member) is the part of a build that depends on the layer alone; the
+merge depends on the layers below it too. So a walk's result — the `Raw`
+member batches, marshalled as `follow.Stage` stages them, and whether the layer
+holds whiteouts — is kept as `<diff ID>.walk<WALK>` in the index directory, and
+every later build that has the layer (another image, the layer views, a rebuild
+after a bump of the index `FORMAT`, which changes the merge, not the walk)
+merges from it instead. Offsets in it are from the layer's own start, so any
+save of the layer (another engine, another layout) serves the same walk.
+
+A kept walk is written as a hidden `.part`, `0600`, then renamed; it ends in a
+trailer giving its batch and member counts and its payload's length, so a file
+cut short (a crash, a full disk) is never trusted: it is walked again and
+replaced. It counts against `--cache-size` with the indexes (`trim`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, NoReturn
+
+from .members import BadArchive, Raw, components
+from .merge import WHITEOUT
+
+WALK = 1  # the kept walk's own format: bumped when `members.entries` gives other tuples
+SUFFIX = f".walk{WALK}"
+_TRAILER = struct.Struct("<8sQQQ?7x")  # magic, batches, members, payload bytes, holds whiteouts
+_MAGIC = b"ifswalk1"
+
+
+def name(diff_id: str) -> str:
+    """The kept walk's file name for a layer."""
+    return diff_id.removeprefix("sha256:") + SUFFIX
+
+
+@dataclass
+class Kept:
+    """A whole walk on disk (kept, or being staged): `walk()` gives its batches again, as often as asked."""
+
+    file: IO[bytes]
+    batches: int
+    members: int
+    payload: int
+    whiteouts: bool
+
+    def walk(self) -> Iterator[list[Raw]]:
+        self.file.seek(0)
+        counted = 0
+        for _ in range(self.batches):
+            try:
+                batch = marshal.load(self.file)
+            except (EOFError, ValueError, TypeError) as exc:
+                self._damaged(str(exc))
+            counted += len(batch)
+            yield batch
+        if counted != self.members or self.file.tell() != self.payload:
+            self._damaged(f"{counted} members, not {self.members}")
+
+    def _damaged(self, why: str) -> NoReturn:
+        """Whole in length, not in content (the disk's fault): this build fails, the next walks the layer."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.file.name)
+        raise BadArchive(f"the kept walk {self.file.name} is damaged: {why}")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_kept(directory: Path, diff_id: str) -> Kept | None:
+    """The layer's kept walk, if there is a whole one (one cut short is removed)."""
+    path = directory / name(diff_id)
+    try:
+        file = open(path, "rb")  # noqa: SIM115 — the caller's, closed by `Kept.close`
+    except OSError:
+        return None
+    size = os.fstat(file.fileno()).st_size
+    magic, batches, members, payload, whiteouts = (
+        _TRAILER.unpack(os.pread(file.fileno(), _TRAILER.size, size - _TRAILER.size)) if size >= _TRAILER.size
+        else (b"", 0, 0, -1, False))
+    if magic != _MAGIC or payload != size - _TRAILER.size:
+        file.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    return Kept(file, batches, members, payload, whiteouts)
+
+
+class Keeper:
+    """A walk being written to a hidden part file in `directory`; `finish` makes it whole, `keep` names it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.file = tempfile.NamedTemporaryFile(dir=directory, prefix=".walk.", suffix=".part", delete=False)  # noqa: SIM115
+        self.batches = self.members = 0
+        self.whiteouts = False
+        self.kept: Kept | None = None
+
+    def add(self, batch: list[Raw]) -> None:
+        marshal.dump(batch, self.file)
+        self.batches += 1
+        self.members += len(batch)
+        if not self.whiteouts:
+            self.whiteouts = any(WHITEOUT in m[0] and _is_whiteout(m[0]) for m in batch)
+
+    def finish(self) -> Kept:
+        """The walk is whole: its trailer written, readable again (`walk`)."""
+        payload = self.file.tell()
+        self.file.write(_TRAILER.pack(_MAGIC, self.batches, self.members, payload, self.whiteouts))
+        self.file.flush()
+        self.kept = Kept(self.file, self.batches, self.members, payload, self.whiteouts)
+        return self.kept
+
+    def keep(self, diff_id: str) -> None:
+        """Name the whole walk by the layer's diff ID (once: the first build to finish it keeps it)."""
+        assert self.kept is not None
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.file.name, self.directory / name(diff_id))
+
+    def close(self) -> None:
+        """Done with it: the part file goes unless it was kept."""
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.file.name)
+
+
+class Walks:
+    """The kept walks one build reads and writes, all closed by `close`; `told` says which layers it walked."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.held: list[Kept | Keeper] = []
+        self.told: list[str] = []
+
+    def kept(self, diff_id: str) -> Kept | None:
+        """The layer's whole kept walk, held open for this build (a trim may remove its name meanwhile)."""
+        kept = open_kept(self.directory, diff_id)
+        if kept is not None:
+            self.held.append(kept)
+            self.told.append(f"layer {diff_id}: merged from its kept walk")
+        return kept
+
+    def keeper(self) -> Keeper:
+        keeper = Keeper(self.directory)
+        self.held.append(keeper)
+        return keeper
+
+    def keeping(self, diff_id: str, walk: Callable[[], Iterator[list[Raw]]]) -> Callable[[], Iterator[list[Raw]]]:
+        """`walk` for a merge: its first whole pass kept under the layer's diff ID, later passes read from that."""
+        self.told.append(f"layer {diff_id}: walked")
+        done: list[Kept] = []
+
+        def again() -> Iterator[list[Raw]]:
+            if done:
+                yield from done[0].walk()
+                return
+            keeper = self.keeper()
+            for batch in walk():
+                keeper.add(batch)
+                yield batch
+            done.append(keeper.finish())
+            keeper.keep(diff_id)
+
+        return again
+
+    def close(self) -> None:
+        for held in self.held:
+            held.close()
+
+
+def _is_whiteout(path: bytes) -> bool:
+    names = components(path)
+    return bool(names) and names[-1].startswith(WHITEOUT)  # type: ignore[index]

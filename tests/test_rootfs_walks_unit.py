@@ -1,0 +1,109 @@
+"""Kept layer walks (`walks`): a layer two images share is walked once, and a kept walk cut short is never used."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from rootfs_tars import M, layer, save
+from test_rootfs_unit import described, follow_index
+
+from imagefs.rootfs import walks
+from imagefs.rootfs.build import ROOTFS, build
+from imagefs.rootfs.index import Index
+from imagefs.rootfs.members import BadArchive
+from imagefs.rootfs.views import files_tree, removed_tree
+from imagefs.rootfs.walks import Walks
+
+BASE = layer(M("d", "dir"), *(M(f"d/f{i:03d}", data=b"%d" % i) for i in range(300)), M("h", "hardlink", b"d/f001"),
+             M("s", "symlink", b"d"), M("x", data=b"xattr", xattrs={"user.k": "v"}))
+TOP_A = layer(M("d/.wh.f002"), M("a", data=b"a"))
+TOP_B = layer(M("d/.wh..wh..opq"), M("d/new", data=b"b"), M("s/g", data=b"via link"), M(".wh.x"))
+BASE_ID = "sha256:" + hashlib.sha256(BASE).hexdigest()
+B_ID = "sha256:" + hashlib.sha256(TOP_B).hexdigest()
+LAYOUTS = [("legacy", False), ("oci", False), ("podman", False), ("oci", "gzip"), ("oci", "zstd")]
+
+
+def indexed(data: bytes, side: Path, views: bool = False, follow_chunk: int = 0) -> tuple[object, list[str]]:
+    """The index of the save `data`, built with `side` as its directory (followed as it arrives, `follow_chunk`
+    bytes at a time, if given): its description, and what the build told of its walks."""
+    spool, db = side / "save.tar", side / "index.sqlite"
+    db.unlink(missing_ok=True)
+    told = Walks(side)
+    if follow_chunk:
+        ix = follow_index(data, side, follow_chunk, kept=told)
+    else:
+        spool.write_bytes(data)
+        fd = os.open(spool, os.O_RDONLY)
+        try:
+            build(fd, db, side, views, walks=told)
+        finally:
+            os.close(fd)
+        ix = Index(db)
+    try:
+        trees = [files_tree(n) for n in range(2)] + [removed_tree(n) for n in range(2)] if views else [ROOTFS]
+        return [described(ix, t) for t in trees] + [[ix.changes(n) for n in range(2)]], told.told
+    finally:
+        ix.close()
+
+
+@pytest.mark.parametrize(("layout", "compress"), LAYOUTS)
+def test_a_layer_two_images_share_is_walked_once(layout: str, compress: bool | str, tmp_path: Path) -> None:
+    fresh, shared = tmp_path / "fresh", tmp_path / "shared"
+    fresh.mkdir()
+    shared.mkdir()
+    image_a, image_b = (save([BASE, top], layout=layout, compress=compress) for top in (TOP_A, TOP_B))
+    _, told = indexed(image_a, shared)
+    assert told == [f"layer {BASE_ID}: walked", f"layer sha256:{hashlib.sha256(TOP_A).hexdigest()}: walked"]
+    assert (shared / walks.name(BASE_ID)).stat().st_mode & 0o777 == 0o600
+    got, told = indexed(image_b, shared)
+    assert told == [f"layer {BASE_ID}: merged from its kept walk", f"layer {B_ID}: walked"]
+    assert got == indexed(image_b, fresh)[0]
+    views, told = indexed(image_b, shared, views=True)  # the layer views: every walk kept
+    assert told == [f"layer {BASE_ID}: merged from its kept walk", f"layer {B_ID}: merged from its kept walk"]
+    assert views == indexed(image_b, fresh, views=True)[0]
+
+
+@pytest.mark.parametrize(("layout", "reused"), [("legacy", False), ("oci", True), ("podman", True)])
+def test_a_save_followed_skips_the_walks_its_names_say_are_kept(layout: str, reused: bool, tmp_path: Path) -> None:
+    """A member's name gives its diff ID in the OCI and podman layouts only."""
+    fresh, shared = tmp_path / "fresh", tmp_path / "shared"
+    fresh.mkdir()
+    shared.mkdir()
+    image_a, image_b = (save([BASE, top], layout=layout) for top in (TOP_A, TOP_B))
+    indexed(image_a, shared, follow_chunk=4096)
+    assert walks.open_kept(shared, BASE_ID) is not None  # kept once the manifest named the layer
+    got, told = indexed(image_b, shared, follow_chunk=4096)
+    how = "merged from its kept walk" if reused else "walked as it arrived"
+    assert told == [f"layer {BASE_ID}: {how}", f"layer {B_ID}: walked as it arrived"]
+    assert got == indexed(image_b, fresh)[0]
+
+
+@pytest.mark.parametrize("cut", [1, 32, 4000])
+def test_a_kept_walk_cut_short_is_walked_again(cut: int, tmp_path: Path) -> None:
+    image_b = save([BASE, TOP_B])
+    expected, _ = indexed(image_b, tmp_path)
+    kept = tmp_path / walks.name(BASE_ID)
+    size = kept.stat().st_size
+    os.truncate(kept, size - cut)
+    assert walks.open_kept(tmp_path, BASE_ID) is None  # and gone
+    assert not kept.exists()
+    os.truncate(tmp_path / walks.name(B_ID), 0)
+    got, told = indexed(image_b, tmp_path)
+    assert told == [f"layer {BASE_ID}: walked", f"layer {B_ID}: walked"]
+    assert got == expected
+    assert kept.stat().st_size == size  # kept whole again
+
+
+def test_a_kept_walk_damaged_inside_fails_one_build_not_the_next(tmp_path: Path) -> None:
+    image_b = save([BASE, TOP_B])
+    expected, _ = indexed(image_b, tmp_path)
+    kept = tmp_path / walks.name(BASE_ID)
+    with open(kept, "r+b") as f:
+        f.write(b"\xff" * 64)
+    with pytest.raises(BadArchive, match="damaged"):
+        indexed(image_b, tmp_path)
+    assert indexed(image_b, tmp_path) == (expected, [f"layer {BASE_ID}: walked",
+                                                     f"layer {B_ID}: merged from its kept walk"])
