@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from rootfs_tars import M, layer, save
+from rootfs_tars import M, compressed, layer, save
 from test_rootfs_unit import described, follow_index
 
 from imagefs.rootfs import walks
@@ -107,3 +107,30 @@ def test_a_kept_walk_damaged_inside_fails_one_build_not_the_next(tmp_path: Path)
         indexed(image_b, tmp_path)
     assert indexed(image_b, tmp_path) == (expected, [f"layer {BASE_ID}: walked",
                                                      f"layer {B_ID}: merged from its kept walk"])
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd", "zstd:chunked"])
+def test_a_compressed_layer_followed_is_inflated_and_walked_as_it_arrives(compress: str, tmp_path: Path) -> None:
+    fresh, side = tmp_path / "fresh", tmp_path / "side"
+    fresh.mkdir()
+    side.mkdir()
+    # more than one read of the save and one step of the inflater
+    big = layer(M("big", data=os.urandom(3 << 20)), M("zeros", data=bytes(40 << 20)), M("after", data=b"after"))
+    data = save([big, TOP_B], layout="oci", compress=compress)
+    got, told = indexed(data, side, follow_chunk=1 << 16)
+    big_id = "sha256:" + hashlib.sha256(big).hexdigest()
+    assert told == [f"layer {big_id}: walked as it arrived", f"layer {B_ID}: walked as it arrived"]
+    assert got == indexed(data, fresh)[0]
+    assert (side / f"{big_id[7:]}.tar").read_bytes() == big  # the inflated tar, by diff ID
+    assert not list(side.glob(".*.part"))
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_a_compressed_layer_broken_inside_fails_the_followed_build(compress: str, tmp_path: Path) -> None:
+    data = bytearray(save([BASE, TOP_B], layout="oci", compress=compress))
+    blob = compressed(BASE, compress)
+    at = bytes(data).index(blob) + len(blob) // 2
+    data[at : at + 16] = bytes(16)
+    with pytest.raises(BadArchive, match="is not the"):
+        indexed(bytes(data), tmp_path, follow_chunk=4096)
+    assert not list(tmp_path.glob(".*.part")) and not list(tmp_path.glob("?" * 64 + ".tar"))

@@ -35,8 +35,10 @@ from functools import partial
 from pathlib import Path
 from typing import IO
 
-from .follow import Growing, Stage, Staged
+from .arriving import Growing
+from .follow import Stage, Staged
 from .inflate import inflate_zstd
+from .inflating import side_name
 from .members import SPAN, BadArchive, Raw, Window
 from .merge import WHITEOUT
 from .rootmerge import RootMerge
@@ -89,30 +91,33 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: 
 
 def _build_following(area: Growing, db: Path, side_dir: Path, walks: Walks) -> int:
     stage = Stage(area, walks)
-    stage.run()
-    save = read_save(area)
-    con = _create(db)
     try:
-        root = RootMerge(con, ROOTFS)
-        sources = [_apply_staged(area, ref, side_dir, root, walks, stage.staged.get(ref.offset))
-                   for ref in save.layers]
-        root.finish()
-        return _write_layers(con, save.layers, sources, root)
+        stage.run()
+        save = read_save(area)
+        con = _create(db)
+        try:
+            root = RootMerge(con, ROOTFS)
+            sources = [_apply_staged(area, ref, side_dir, root, walks, stage.staged.get(ref.offset))
+                       for ref in save.layers]
+            root.finish()
+            return _write_layers(con, save.layers, sources, root)
+        finally:
+            con.close()
     finally:
-        con.close()
+        stage.close()
 
 
 def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, walks: Walks,
                   staged: Staged | None) -> str:
-    """A layer merged from its staged members (its walk then kept); one that was not staged (compressed), as
-    when not following."""
-    if staged is None or ref.compression:
+    """A layer merged from its staged members (its walk then kept, its inflated tar named); one that was not
+    staged (a compressed one too small to tell), as when not following. The side file it is in, if any."""
+    if staged is None or bool(ref.compression) != (staged.side is not None):
         return _walk_layer(area, ref, side_dir, root, walks)
     if staged.keeper is not None:
         staged.keeper.keep(ref.diff_id)
         walks.told.append(f"layer {ref.diff_id}: walked as it arrived")
     root.apply(staged.walk, lambda: staged.whiteouts)
-    return ""
+    return staged.name_side(side_dir, ref.diff_id) if staged.side is not None else ""
 
 
 def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | Views, walks: Walks) -> str:
@@ -147,7 +152,7 @@ def _may_hide(area: Window, start: int, end: int) -> bool:
 
 def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
     """A compressed layer's tar, inflated once into a file named by its diff ID (shared by every image)."""
-    name = ref.diff_id.removeprefix("sha256:") + ".tar"
+    name = side_name(ref.diff_id)
     if (side_dir / name).exists():
         return name
     if ref.compression == "zstd":

@@ -18,55 +18,30 @@ compressed blob's digest, so those are walked as they arrive even when a kept
 walk would have served (the manifest naming them comes last). A member that
 only looked like a layer and is not one costs its walk; one that is a layer and
 is broken fails the build only once the manifest says it is a layer.
-Compressed layers are inflated at the end (`build._inflate`).
+A member that starts as gzip or zstd is inflated into a side file as it arrives
+and that walked as it grows (`inflating`); the side file is named by the
+layer's diff ID at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from ..tarcheck import BLOCK, checksum_problem
-from .members import SPAN, ZERO, BadArchive, Raw, Window, entries, members
+from .arriving import ENDLESS, Growing
+from .inflating import Gunzip, Unzstd, side_name
+from .members import ZERO, BadArchive, Member, Raw, entries, members
+from .save import GZIP, ZSTD
 from .walks import Keeper, Kept, Walks
 
 BATCH = 2048
-ENDLESS = 1 << 62  # the end of a save whose length is not known yet
 HEX = frozenset("0123456789abcdef")
-
-
-class Growing(Window):
-    """A spool still being written: `len` is what is there now; a read waits for its bytes."""
-
-    def __init__(self, fd: int, lengths: IO[bytes], span: int = SPAN) -> None:
-        super().__init__(fd, span)
-        self.size, self.final, self.lengths = 0, False, lengths
-        self.problem: str | None = None  # the export broke: every read is refused
-
-    def __getitem__(self, where: slice) -> bytes:
-        self._wait(where.stop)
-        return super().__getitem__(where)
-
-    def ahead(self, start: int, stop: int) -> bytes:
-        """What is there up to `stop`, once a header's worth is."""
-        self._wait(start + BLOCK)
-        return super().__getitem__(slice(start, min(stop, max(self.size, start + BLOCK))))
-
-    def _wait(self, stop: int) -> None:
-        while stop > self.size and not self.final:
-            self._hear()
-        if self.problem is not None:
-            raise BadArchive(self.problem)
-        if stop > self.size and stop != ENDLESS:
-            raise BadArchive(f"the save ends at byte {self.size}, before byte {stop}")
-
-    def _hear(self) -> None:
-        line = self.lengths.readline().split()
-        if not line or line == [b"broken"]:
-            self.final, self.problem = True, "the export broke off" if line else "no word on the export's length"
-        else:
-            self.final, self.size = line[0] == b"end", max(self.size, int(line[-1]))
 
 
 @dataclass
@@ -76,6 +51,7 @@ class Staged:
     kept: Kept | None = None
     keeper: Keeper | None = None  # it was staged here: what names the walk once the layer's diff ID is known
     problem: str | None = None
+    side: IO[bytes] | None = None  # a compressed member's tar, inflated as it arrived
 
     @property
     def whiteouts(self) -> bool:
@@ -86,6 +62,14 @@ class Staged:
             raise BadArchive(self.problem)
         assert self.kept is not None
         return self.kept.walk()
+
+    def name_side(self, directory: Path, diff_id: str) -> str:
+        """The inflated tar, named by the layer's diff ID (unless another build named its own already)."""
+        assert self.side is not None
+        name = side_name(diff_id)
+        if not (directory / name).exists():
+            os.rename(self.side.name, directory / name)
+        return name
 
 
 @dataclass
@@ -98,28 +82,57 @@ class Stage:
 
     def run(self) -> None:
         """Walk the save as it arrives, up to its end-of-archive marker, staging each member that looks like a tar
-        and whose name gives no diff ID with a kept walk."""
+        (or a compressed one) and whose name gives no diff ID with a kept walk."""
         for m in members(self.area, 0, ENDLESS):
-            if m.size >= 2 * BLOCK and _looks_like_tar(bytes(self.area[m.offset : m.offset + BLOCK])):
+            head = bytes(self.area[m.offset : m.offset + BLOCK]) if m.size >= len(ZSTD) else b""
+            if head.startswith(GZIP) or head.startswith(ZSTD):
+                self.staged[m.offset] = self._inflated(m, Gunzip if head.startswith(GZIP) else Unzstd)
+            elif m.size >= 2 * BLOCK and _looks_like_tar(head):
                 diff_id = _named_diff_id(m.path)
                 kept = self.walks.kept(diff_id) if diff_id else None
-                self.staged[m.offset] = Staged(kept) if kept else self._stage(m.offset, m.offset + m.size)
+                self.staged[m.offset] = Staged(kept) if kept else self._stage(entries(self.area, m.offset,
+                                                                                      m.offset + m.size), m)
 
-    def _stage(self, start: int, end: int) -> Staged:
+    def _inflated(self, m: Member, how: type[Gunzip | Unzstd]) -> Staged:
+        side = tempfile.NamedTemporaryFile(dir=self.walks.directory, prefix=".inflated.", suffix=".part",  # noqa: SIM115
+                                           delete=False)
+        try:
+            inflating = how(self.area, m.offset, m.offset + m.size, m.path.decode(errors="replace"), side)
+        except BadArchive as exc:
+            staged = Staged(problem=str(exc))
+        else:
+            try:
+                staged = self._stage(entries(inflating, 0, ENDLESS), m, inflating.finish)
+            finally:
+                inflating.close()
+        staged.side = side
+        return staged
+
+    def _stage(self, walked: Iterator[Raw], m: Member, then: Callable[[], None] | None = None) -> Staged:
         keeper = self.walks.keeper()
         batch: list[Raw] = []
         try:
-            for m in entries(self.area, start, end):
-                batch.append(m)
+            for raw in walked:
+                batch.append(raw)
                 if len(batch) == BATCH:
                     keeper.add(batch)
                     batch = []
             keeper.add(batch)
+            if then is not None:
+                then()
         except BadArchive as exc:
-            if self.area.problem is not None or (self.area.final and end > self.area.size):
+            if self.area.problem is not None or (self.area.final and m.offset + m.size > self.area.size):
                 raise  # the save itself is cut or broken: no member's problem
             return Staged(problem=str(exc))
         return Staged(keeper.finish(), keeper)
+
+    def close(self) -> None:
+        """The inflated files no layer took go."""
+        for staged in self.staged.values():
+            if staged.side is not None:
+                staged.side.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged.side.name)
 
 
 def _named_diff_id(path: bytes) -> str:
