@@ -196,6 +196,8 @@ def main(argv: list[str]) -> int:
     Exit status 0 (the row count on stdout), 2 for a save that is not what it must be (why, on stderr)."""
     gc.disable()  # a few million small objects and no cycles: collections would only cost time
     follow = [int(arg.removeprefix("follow=")) for arg in argv[3:] if arg.startswith("follow=")]
+    if follow:  # beside a running export: the engine and the daemon sending it come first, the index takes the rest
+        os.nice(10)
     walks = Walks(Path(argv[2]))
     try:
         with os.fdopen(follow[0], "rb") if follow else contextlib.nullcontext() as lengths:
