@@ -3,7 +3,7 @@
 Walking a layer (`members.entries`: every tar header parsed and checked, about
 2.7 µs a member) is the part of a build that depends on the layer alone; the
 merge depends on the layers below it too. So a walk's result — the `Raw`
-member batches, marshalled as `follow.Stage` stages them, and whether the layer
+member batches, marshalled in frames as `follow.Stage` stages them, and whether the layer
 holds whiteouts — is kept as `<diff ID>.walk<WALK>` in the index directory, and
 every later build that has the layer (another image, the layer views, a rebuild
 after a bump of the index `FORMAT`, which changes the merge, not the walk)
@@ -35,6 +35,7 @@ WALK = 1  # the kept walk's own format: bumped when `members.entries` gives othe
 SUFFIX = f".walk{WALK}"
 _TRAILER = struct.Struct("<8sQQQ?7x")  # magic, batches, members, payload bytes, holds whiteouts
 _MAGIC = b"ifswalk1"
+_FRAME = struct.Struct("<I")  # a batch's length, before its marshal bytes
 
 
 def name(diff_id: str) -> str:
@@ -56,9 +57,12 @@ class Kept:
         self.file.seek(0)
         counted = 0
         for _ in range(self.batches):
-            try:
-                batch = marshal.load(self.file)
-            except (EOFError, ValueError, TypeError) as exc:
+            try:  # `marshal.loads` of a frame: `marshal.load` of a file reads it a few bytes a call
+                (length,) = _FRAME.unpack(self.file.read(_FRAME.size))
+                if self.file.tell() + length > self.payload:
+                    raise ValueError(f"a batch of {length} bytes runs past the walk's end")
+                batch = marshal.loads(self.file.read(length))
+            except (EOFError, ValueError, TypeError, struct.error) as exc:
                 self._damaged(str(exc))
             counted += len(batch)
             yield batch
@@ -105,7 +109,8 @@ class Keeper:
         self.kept: Kept | None = None
 
     def add(self, batch: list[Raw]) -> None:
-        marshal.dump(batch, self.file)
+        body = marshal.dumps(batch)
+        self.file.write(_FRAME.pack(len(body)) + body)
         self.batches += 1
         self.members += len(batch)
         if not self.whiteouts:
