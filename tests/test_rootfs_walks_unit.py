@@ -14,6 +14,7 @@ from imagefs.rootfs import walks
 from imagefs.rootfs.build import ROOTFS, build
 from imagefs.rootfs.index import Index
 from imagefs.rootfs.members import BadArchive
+from imagefs.rootfs.trim import INDEX, trim
 from imagefs.rootfs.views import files_tree, removed_tree
 from imagefs.rootfs.walks import Walks
 
@@ -134,3 +135,16 @@ def test_a_compressed_layer_broken_inside_fails_the_followed_build(compress: str
     with pytest.raises(BadArchive, match="is not the"):
         indexed(bytes(data), tmp_path, follow_chunk=4096)
     assert not list(tmp_path.glob(".*.part")) and not list(tmp_path.glob("?" * 64 + ".tar"))
+
+
+def test_a_kept_walk_no_index_has_goes_only_when_over_the_bound(tmp_path: Path) -> None:
+    indexed(save([BASE, TOP_A]), tmp_path)
+    (tmp_path / "index.sqlite").rename(tmp_path / f"kept{INDEX}")
+    orphan = tmp_path / walks.name(B_ID)
+    orphan.write_bytes((tmp_path / walks.name(BASE_ID)).read_bytes())  # as a build that failed leaves one
+    (tmp_path / "save.tar").unlink()
+    total = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert trim(tmp_path, total, set()) == []
+    assert trim(tmp_path, total - 1, {f"kept{INDEX}"}) == [orphan.name]  # the index's own walks stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"kept{INDEX}", walks.name(BASE_ID), walks.name("sha256:" + hashlib.sha256(TOP_A).hexdigest())])

@@ -111,7 +111,7 @@ def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, 
                   staged: Staged | None) -> str:
     """A layer merged from its staged members (its walk then kept, its inflated tar named); one that was not
     staged (a compressed one too small to tell), as when not following. The side file it is in, if any."""
-    if staged is None or bool(ref.compression) != (staged.side is not None):
+    if staged is None or (ref.compression and staged.side is None):
         return _walk_layer(area, ref, side_dir, root, walks)
     if staged.keeper is not None:
         staged.keeper.keep(ref.diff_id)
