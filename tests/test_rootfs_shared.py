@@ -4,7 +4,9 @@ Three images on one big base layer: the first look inside each builds its index
 as its export arrives. A legacy save (Docker 20.10) names its layers by v1 IDs,
 so the base is walked again as it arrives, and taken from its kept walk only by
 a build once the export is in; an OCI save (Docker 26) names them by digest, and
-the base is never walked again. The daemon's log says which walks each build took.
+the base is never walked again; on the containerd image store (docker26c) the
+blobs are gzip, known by the diff ID the first build recorded, and neither
+inflated nor walked again. The daemon's log says which walks each build took.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Engine, mounted
-from test_rootfs import engine_flattening, mount_walk
+from test_rootfs import Walk, _top_dirs_untimed, engine_flattening, mount_walk
 
 from imagefs.rootfs import walks
 
@@ -54,7 +56,13 @@ def walks_told(log: str, top: str) -> dict[str, str]:
     return dict(re.findall(r"layer (sha256:[0-9a-f]{64}): ([a-z ]+)", line))
 
 
-@pytest.mark.parametrize("matrix_engine", ["docker20", "docker26"], indirect=True)
+def flattened_alike(engine: Engine, got: Walk, expected: Walk) -> bool:
+    if engine.flavor == "docker26c":  # its container export dates the top directories (see test_rootfs)
+        got, expected = _top_dirs_untimed(got), _top_dirs_untimed(expected)
+    return got == expected
+
+
+@pytest.mark.parametrize("matrix_engine", ["docker20", "docker26", "docker26c"], indirect=True)
 def test_a_base_layer_is_walked_once(matrix_engine: Engine, images: dict[str, list[str]], tmp: Path) -> None:
     engine, (bottom, files) = matrix_engine, images[BASE]
     (b, c), (top_b, top_c) = TOPS, (images[ref][-1] for ref in TOPS)
@@ -62,12 +70,13 @@ def test_a_base_layer_is_walked_once(matrix_engine: Engine, images: dict[str, li
     with mounted(engine, tmp) as m:
         assert "data" in os.listdir(m / BASE / "rootfs")  # walks the base, as it arrives, and keeps it
         assert "b" in os.listdir(m / b / "rootfs")
-        shared = kept if engine.flavor != "docker20" else arrived  # an OCI save names its layers by digest
+        # an OCI save names its layers by digest (a compressed one, docker26c's, by the one recorded for it)
+        shared = kept if engine.flavor != "docker20" else arrived
         assert walks_told(m.log_text(), top_b) == {bottom: shared, files: shared, top_b: arrived}
         (m / c / "export.tar").read_bytes()  # the export in first: the build knows the layers before walking
         assert "c" in os.listdir(m / c / "rootfs")
         assert walks_told(m.log_text(), top_c) == {bottom: kept, files: kept, top_c: walked}
-        assert mount_walk(m / c / "rootfs")[0] == engine_flattening(engine, c)[0]
+        assert flattened_alike(engine, mount_walk(m / c / "rootfs")[0], engine_flattening(engine, c)[0])
     kept_files = m.cache_dir / "rootfs" / walks.name(files)
     os.truncate(kept_files, kept_files.stat().st_size - 100)  # cut: never used
     for index in (m.cache_dir / "rootfs").glob("*.sqlite"):
@@ -75,4 +84,4 @@ def test_a_base_layer_is_walked_once(matrix_engine: Engine, images: dict[str, li
     with mounted(engine, tmp) as m:
         assert sorted(os.listdir(m / c / "rootfs/data"))[:3] == ["f0", "f1", "f10"]
         assert walks_told(m.log_text(), top_c) == {bottom: kept, files: walked, top_c: kept}
-        assert mount_walk(m / c / "rootfs")[0] == engine_flattening(engine, c)[0]
+        assert flattened_alike(engine, mount_walk(m / c / "rootfs")[0], engine_flattening(engine, c)[0])

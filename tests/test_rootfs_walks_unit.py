@@ -148,3 +148,25 @@ def test_a_kept_walk_no_index_has_goes_only_when_over_the_bound(tmp_path: Path) 
     assert trim(tmp_path, total - 1, {f"kept{INDEX}"}) == [orphan.name]  # the index's own walks stay
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"kept{INDEX}", walks.name(BASE_ID), walks.name("sha256:" + hashlib.sha256(TOP_A).hexdigest())])
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_a_compressed_layer_two_saves_share_is_inflated_and_walked_once(compress: str, tmp_path: Path) -> None:
+    """A compressed blob's name is no diff ID; the one a build recorded for it is."""
+    fresh, shared = tmp_path / "fresh", tmp_path / "shared"
+    fresh.mkdir()
+    shared.mkdir()
+    image_a, image_b = (save([BASE, top], layout="oci", compress=compress) for top in (TOP_A, TOP_B))
+    _, told = indexed(image_a, shared, follow_chunk=4096)
+    assert told[0] == f"layer {BASE_ID}: walked as it arrived"
+    record = shared / (hashlib.sha256(compressed(BASE, compress)).hexdigest() + walks.BLOB)
+    assert record.read_text() == BASE_ID and record.stat().st_mode & 0o777 == 0o600
+    inflated = shared / f"{BASE_ID[7:]}.tar"
+    inode = inflated.stat().st_ino
+    got, told = indexed(image_b, shared, follow_chunk=4096)
+    assert told == [f"layer {BASE_ID}: merged from its kept walk", f"layer {B_ID}: walked as it arrived"]
+    assert inflated.stat().st_ino == inode  # not inflated again
+    assert got == indexed(image_b, fresh)[0]
+    (shared / "follow.sqlite").rename(shared / f"b{INDEX}")
+    trim(shared, 0, set())  # the last index with the layer goes: its inflated tar, walk and blob record too
+    assert not inflated.exists() and not record.exists() and not (shared / walks.name(BASE_ID)).exists()

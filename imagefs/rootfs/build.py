@@ -80,10 +80,12 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: 
             if views:
                 merged = Views(con, SCHEMA)
                 sources = [_walk_layer(area, ref, side_dir, merged, kept) for ref in save.layers]
+                kept.remember_blobs(save.layers)
                 return _write_layers(con, save.layers, sources, merged.root)
             root = RootMerge(con, ROOTFS)
             sources = [_walk_layer(area, ref, side_dir, root, kept) for ref in save.layers]
             root.finish()
+            kept.remember_blobs(save.layers)
             return _write_layers(con, save.layers, sources, root)
         finally:
             con.close()
@@ -100,6 +102,7 @@ def _build_following(area: Growing, db: Path, side_dir: Path, walks: Walks) -> i
             sources = [_apply_staged(area, ref, side_dir, root, walks, stage.staged.get(ref.offset))
                        for ref in save.layers]
             root.finish()
+            walks.remember_blobs(save.layers)
             return _write_layers(con, save.layers, sources, root)
         finally:
             con.close()

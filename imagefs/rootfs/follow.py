@@ -13,9 +13,10 @@ once the save's end is in, in the layer order the manifest gives; a staged
 layer's walk is then kept under its diff ID. A member is not walked again when
 its name gives its diff ID and that layer's walk is kept: OCI
 `blobs/sha256/<diff ID>` (uncompressed layers) and podman's `<diff ID>.tar`.
-A legacy save's `<v1 id>/layer.tar` names no diff ID, and neither does a
-compressed blob's digest, so those are walked as they arrive even when a kept
-walk would have served (the manifest naming them comes last). A member that
+A compressed blob is known by the diff ID an earlier build recorded for its
+digest (`walks`): neither inflated nor walked again. A legacy save's
+`<v1 id>/layer.tar` names no diff ID, so those are walked as they arrive even
+when a kept walk would have served (the manifest naming them comes last). A member that
 only looked like a layer and is not one costs its walk; one that is a layer and
 is broken fails the build only once the manifest says it is a layer.
 A member that starts as gzip or zstd is inflated into a side file as it arrives
@@ -38,10 +39,9 @@ from .arriving import ENDLESS, Growing
 from .inflating import Gunzip, Unzstd, side_name
 from .members import ZERO, BadArchive, Member, Raw, entries, members
 from .save import GZIP, ZSTD
-from .walks import Keeper, Kept, Walks
+from .walks import HEX, Keeper, Kept, Walks, name
 
 BATCH = 2048
-HEX = frozenset("0123456789abcdef")
 
 
 @dataclass
@@ -86,12 +86,18 @@ class Stage:
         for m in members(self.area, 0, ENDLESS):
             head = bytes(self.area[m.offset : m.offset + BLOCK]) if m.size >= len(ZSTD) else b""
             if head.startswith(GZIP) or head.startswith(ZSTD):
-                self.staged[m.offset] = self._inflated(m, Gunzip if head.startswith(GZIP) else Unzstd)
+                if not self._inflated_before(m.path):  # else `build._walk_layer` takes the tar and the walk kept
+                    self.staged[m.offset] = self._inflated(m, Gunzip if head.startswith(GZIP) else Unzstd)
             elif m.size >= 2 * BLOCK and _looks_like_tar(head):
                 diff_id = _named_diff_id(m.path)
                 kept = self.walks.kept(diff_id) if diff_id else None
                 self.staged[m.offset] = Staged(kept) if kept else self._stage(entries(self.area, m.offset,
                                                                                       m.offset + m.size), m)
+
+    def _inflated_before(self, member: bytes) -> bool:
+        """Is this compressed member a layer whose tar was inflated and walked before (`walks.remember_blobs`)?"""
+        diff_id = self.walks.blob_diff_id(member.decode("ascii", "replace"))
+        return bool(diff_id) and all((self.walks.directory / n).exists() for n in (side_name(diff_id), name(diff_id)))
 
     def _inflated(self, m: Member, how: type[Gunzip | Unzstd]) -> Staged:
         side = tempfile.NamedTemporaryFile(dir=self.walks.directory, prefix=".inflated.", suffix=".part",  # noqa: SIM115

@@ -1,8 +1,8 @@
 """The indexes, inflated layers and kept walks in CACHE_DIR/rootfs count against --cache-size with the spools.
 
 Least recently used first (an index's mtime is when a mount last opened it); an
-index open in this mount stays, and an inflated layer or a layer's kept walk
-goes only with the last index that has the layer (a kept walk no index has, left
+index open in this mount stays, and an inflated layer, a layer's kept walk or
+its blob's diff ID goes only with the last index that has the layer (one no index has, left
 by a build that failed, goes once the indexes alone do not bring the directory
 under its bound). Another daemon that has an index open keeps its descriptor,
 and a later open there builds the index again.
@@ -21,11 +21,11 @@ INDEX = ".sqlite"
 
 
 def sources(index: Path) -> set[str]:
-    """The inflated layers an index reads and the kept walks of its layers (blocking)."""
+    """The inflated layers an index reads, the kept walks of its layers and its blobs' diff IDs (blocking)."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
-            return {name for source, diff_id in db.execute("SELECT source, diff_id FROM layer")
-                    for name in (source, walks.name(diff_id)) if name}
+            return {name for source, diff_id, member in db.execute("SELECT source, diff_id, member FROM layer")
+                    for name in (source, walks.name(diff_id), walks.blob_name(member) if source else "") if name}
     except sqlite3.Error:
         return set()
 
@@ -47,7 +47,7 @@ def trim(directory: Path, budget: int, keep: set[str]) -> list[str]:
         removed.append(name)
     if freed or held > budget:
         needed = set().union(*(sources(directory / name) for name in files if name.endswith(INDEX)))
-        orphans = {name for name in files if name.endswith(walks.SUFFIX)} if held > budget else set()
+        orphans = {name for name in files if name.endswith((walks.SUFFIX, walks.BLOB))} if held > budget else set()
         for name in sorted((freed | orphans) & set(files) - needed):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / name)

@@ -14,6 +14,11 @@ A kept walk is written as a hidden `.part`, `0600`, then renamed; it ends in a
 trailer giving its batch and member counts and its payload's length, so a file
 cut short (a crash, a full disk) is never trusted: it is walked again and
 replaced. It counts against `--cache-size` with the indexes (`trim`).
+
+A save's compressed blob is named by the digest of its compressed bytes, which
+is no diff ID; so a build records each compressed blob's diff ID, as the
+manifest gave it, in `<blob digest>.blob1`, and a later save followed as it
+arrives knows such a layer by its member's name (`follow`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from typing import IO, NoReturn
 
 from .members import BadArchive, Raw, components
 from .merge import WHITEOUT
+from .save import LayerRef
 
 WALK = 1  # the kept walk's own format: bumped when `members.entries` gives other tuples
 SUFFIX = f".walk{WALK}"
+BLOB = ".blob1"  # a compressed blob's diff ID, as the manifest of a save that held it said
+HEX = frozenset("0123456789abcdef")
 _TRAILER = struct.Struct("<8sQQQ?7x")  # magic, batches, members, payload bytes, holds whiteouts
 _MAGIC = b"ifswalk1"
 _FRAME = struct.Struct("<I")  # a batch's length, before its marshal bytes
@@ -41,6 +49,14 @@ _FRAME = struct.Struct("<I")  # a batch's length, before its marshal bytes
 def name(diff_id: str) -> str:
     """The kept walk's file name for a layer."""
     return diff_id.removeprefix("sha256:") + SUFFIX
+
+
+def blob_name(member: str) -> str:
+    """Where the diff ID of the compressed blob a save's member is gets recorded, for a member named by its
+    digest (OCI `blobs/sha256/<hex>`); "" for any other name."""
+    path = member.removeprefix("./")
+    hexes = path.removeprefix("blobs/sha256/")
+    return hexes + BLOB if hexes != path and len(hexes) == 64 and HEX.issuperset(hexes) else ""
 
 
 @dataclass
@@ -175,6 +191,31 @@ class Walks:
             keeper.keep(diff_id)
 
         return again
+
+    def remember_blobs(self, layers: list[LayerRef]) -> None:
+        """Record each compressed layer's diff ID by its blob's digest: a later save followed as it arrives, which
+        names the blob long before its manifest says what layer it is, then knows the layer by its name."""
+        for ref in layers:
+            record = blob_name(ref.member) if ref.compression else ""
+            if record and not (self.directory / record).exists():
+                part = self.directory / f".{record}.{os.getpid()}.part"
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(ref.diff_id)
+                os.rename(part, self.directory / record)
+
+    def blob_diff_id(self, member: str) -> str:
+        """The diff ID recorded for the compressed blob a save's member is (`remember_blobs`), or ""."""
+        record = blob_name(member)
+        try:
+            fd = os.open(self.directory / record, os.O_RDONLY | os.O_NOFOLLOW) if record else -1
+        except OSError:
+            return ""
+        if fd < 0:
+            return ""
+        with os.fdopen(fd, "rb") as text:
+            diff_id = text.read(80).decode("ascii", "replace")
+        return diff_id if diff_id.startswith("sha256:") and len(diff_id) == 71 and HEX.issuperset(diff_id[7:]) else ""
 
     def close(self) -> None:
         for held in self.held:
