@@ -8,20 +8,21 @@ one.
 
 Which members are layers is known only from `manifest.json`, the last member of
 a legacy save; so every member that starts like a tar is walked as it arrives
-and its members staged (marshal batches, as `walks` keeps them), and the merge runs
-once the save's end is in, in the layer order the manifest gives; a staged
-layer's walk is then kept under its diff ID. A member is not walked again when
-its name gives its diff ID and that layer's walk is kept: OCI
-`blobs/sha256/<diff ID>` (uncompressed layers) and podman's `<diff ID>.tar`.
-A compressed blob is known by the diff ID an earlier build recorded for its
-digest (`walks`): neither inflated nor walked again. A legacy save's
-`<v1 id>/layer.tar` names no diff ID, so those are walked as they arrive even
-when a kept walk would have served (the manifest naming them comes last). A member that
-only looked like a layer and is not one costs its walk; one that is a layer and
-is broken fails the build only once the manifest says it is a layer.
-A member that starts as gzip or zstd is inflated into a side file as it arrives
-and that walked as it grows (`inflating`); the side file is named by the
-layer's diff ID at the end.
+and its members staged (marshal batches, as `walks` keeps them), and the merge
+runs once the save's end is in, in the layer order the manifest gives; each
+staged layer's walk is then kept under its diff ID. A member that only looked
+like a layer and is not one costs its walk; one that is a layer and is broken
+fails the build only once the manifest says it is a layer. A member that starts
+as gzip or zstd is inflated into a side file as it arrives and that walked as
+it grows (`inflating`); the side file is named by the layer's diff ID at the end.
+
+A layer walked before is skipped only where the member's name tells which layer
+it is: OCI `blobs/sha256/<diff ID>` (an uncompressed layer) and podman's
+`<diff ID>.tar` with a kept walk, and a compressed blob whose digest an earlier
+build recorded the diff ID of (`walks`), with its inflated tar and walk kept
+(neither inflated nor walked again). A legacy save's `<v1 id>/layer.tar` names
+no diff ID, so such a layer is walked as it arrives even when a kept walk would
+have served: the manifest that would say so comes last.
 """
 
 from __future__ import annotations
