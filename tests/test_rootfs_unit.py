@@ -258,11 +258,13 @@ def test_trim_removes_least_recent_indexes_and_the_layers_only_they_read(tmp_pat
     total = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert trim(tmp_path, total, set()) == []
     kept = {p.name for p in tmp_path.glob(f"*{walks.SUFFIX}")}
-    assert len(kept) == 3  # each layer's walk
-    removed = trim(tmp_path, total - 1, {made[0]})  # image0 is open here: image1 goes, its layer and its walk
-    assert removed[0] == made[1] and len(removed) == 3 and removed[1] in side and removed[2] in kept
-    assert removed[1].removesuffix(".tar") == removed[2].removesuffix(walks.SUFFIX)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({made[0], made[2]} | (side | kept) - set(removed))
+    records = {p.name for p in tmp_path.glob(f"*{walks.BLOB}")}
+    assert len(kept) == len(records) == 3  # each layer's walk, and the diff ID its v1 ID names
+    removed = trim(tmp_path, total - 1, {made[0]})  # image0 is open here: image1 goes, its layer, walk and record
+    gone = set(removed[1:])
+    assert removed[0] == made[1] and len(removed) == 4 and len(gone & side) == len(gone & kept) == len(gone & records)
+    assert (gone & side).pop().removesuffix(".tar") == (gone & kept).pop().removesuffix(walks.SUFFIX)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({made[0], made[2]} | (side | kept | records) - gone)
 
 
 # --- the member walk against tarfile: long and non-ASCII names, every format ---------------------

@@ -113,8 +113,9 @@ def _build_following(area: Growing, db: Path, side_dir: Path, walks: Walks) -> i
 def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, walks: Walks,
                   staged: Staged | None) -> str:
     """A layer merged from its staged members (its walk then kept, its inflated tar named); one that was not
-    staged (a compressed one too small to tell), as when not following. The side file it is in, if any."""
-    if staged is None or (ref.compression and staged.side is None):
+    staged (a compressed one too small to tell, one known by its name) or whose kept walk its name gave is not
+    the manifest's layer, as when not following. The side file it is in, if any."""
+    if staged is None or (ref.compression and staged.side is None) or staged.diff_id not in ("", ref.diff_id):
         return _walk_layer(area, ref, side_dir, root, walks)
     if staged.keeper is not None:
         staged.keeper.keep(ref.diff_id)

@@ -18,11 +18,13 @@ it grows (`inflating`); the side file is named by the layer's diff ID at the end
 
 A layer walked before is skipped only where the member's name tells which layer
 it is: OCI `blobs/sha256/<diff ID>` (an uncompressed layer) and podman's
-`<diff ID>.tar` with a kept walk, and a compressed blob whose digest an earlier
-build recorded the diff ID of (`walks`), with its inflated tar and walk kept
-(neither inflated nor walked again). A legacy save's `<v1 id>/layer.tar` names
-no diff ID, so such a layer is walked as it arrives even when a kept walk would
-have served: the manifest that would say so comes last.
+`<diff ID>.tar` with a kept walk; a legacy save's `<v1 id>/layer.tar` whose v1
+ID an earlier build recorded the diff ID of (`walks`), with a kept walk; and a
+compressed blob whose digest was so recorded, with its inflated tar and walk
+kept (neither inflated nor walked again). Any other layer is walked as it
+arrives even when a kept walk would have served, since the manifest that would
+say so comes last: the first save of a layer, and in a legacy save the image's
+top layer, whose v1 ID digests the image's config too.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Staged:
     keeper: Keeper | None = None  # it was staged here: what names the walk once the layer's diff ID is known
     problem: str | None = None
     side: IO[bytes] | None = None  # a compressed member's tar, inflated as it arrived
+    diff_id: str = ""  # the layer whose kept walk it is, as the member's name said
 
     @property
     def whiteouts(self) -> bool:
@@ -90,10 +93,10 @@ class Stage:
                 if not self._inflated_before(m.path):  # else `build._walk_layer` takes the tar and the walk kept
                     self.staged[m.offset] = self._inflated(m, Gunzip if head.startswith(GZIP) else Unzstd)
             elif m.size >= 2 * BLOCK and _looks_like_tar(head):
-                diff_id = _named_diff_id(m.path)
+                diff_id = _named_diff_id(m.path) or self.walks.blob_diff_id(m.path.decode("ascii", "replace"))
                 kept = self.walks.kept(diff_id) if diff_id else None
-                self.staged[m.offset] = Staged(kept) if kept else self._stage(entries(self.area, m.offset,
-                                                                                      m.offset + m.size), m)
+                self.staged[m.offset] = Staged(kept, diff_id=diff_id) if kept else self._stage(
+                    entries(self.area, m.offset, m.offset + m.size), m)
 
     def _inflated_before(self, member: bytes) -> bool:
         """Is this compressed member a layer whose tar was inflated and walked before (`walks.remember_blobs`)?"""

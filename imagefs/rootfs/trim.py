@@ -25,7 +25,7 @@ def sources(index: Path) -> set[str]:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
             return {name for source, diff_id, member in db.execute("SELECT source, diff_id, member FROM layer")
-                    for name in (source, walks.name(diff_id), walks.blob_name(member) if source else "") if name}
+                    for name in (source, walks.name(diff_id), walks.blob_name(member)) if name}
     except sqlite3.Error:
         return set()
 

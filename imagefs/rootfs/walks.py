@@ -15,10 +15,12 @@ trailer giving its batch and member counts and its payload's length, so a file
 cut short (a crash, a full disk) is never trusted: it is walked again and
 replaced. It counts against `--cache-size` with the indexes (`trim`).
 
-A save's compressed blob is named by the digest of its compressed bytes, which
-is no diff ID; so a build records each compressed blob's diff ID, as the
-manifest gave it, in `<blob digest>.blob1`, and a later save followed as it
-arrives knows such a layer by its member's name (`follow`).
+A save's compressed blob is named by the digest of its compressed bytes, and a
+legacy save's layer by its v1 ID (a digest of the layer's chain, and of the
+image's config for the top layer), neither of them a diff ID; so a build
+records each such layer's diff ID, as the manifest gave it, in
+`<digest>.blob1`, and a later save followed as it arrives knows the layer by
+its member's name (`follow`).
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ def name(diff_id: str) -> str:
 
 
 def blob_name(member: str) -> str:
-    """Where the diff ID of the compressed blob a save's member is gets recorded, for a member named by its
-    digest (OCI `blobs/sha256/<hex>`); "" for any other name."""
+    """Where the diff ID of the layer a save's member is gets recorded, for a member named by a digest of its
+    own: OCI `blobs/sha256/<hex>` (of the bytes as saved) or a legacy save's `<v1 id>/layer.tar`; "" for any
+    other name."""
     path = member.removeprefix("./")
-    hexes = path.removeprefix("blobs/sha256/")
+    hexes = path.removeprefix("blobs/sha256/") if path.startswith("blobs/") else path.removesuffix("/layer.tar")
     return hexes + BLOB if hexes != path and len(hexes) == 64 and HEX.issuperset(hexes) else ""
 
 
@@ -193,10 +196,11 @@ class Walks:
         return again
 
     def remember_blobs(self, layers: list[LayerRef]) -> None:
-        """Record each compressed layer's diff ID by its blob's digest: a later save followed as it arrives, which
-        names the blob long before its manifest says what layer it is, then knows the layer by its name."""
+        """Record the diff ID of each layer whose member's name is no diff ID (a compressed blob's digest, a v1
+        ID): a later save followed as it arrives, which names the member long before its manifest says what
+        layer it is, then knows the layer by its name."""
         for ref in layers:
-            record = blob_name(ref.member) if ref.compression else ""
+            record = blob_name(ref.member) if ref.compression or not ref.member.startswith("blobs/") else ""
             if record and not (self.directory / record).exists():
                 part = self.directory / f".{record}.{os.getpid()}.part"
                 fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -205,7 +209,7 @@ class Walks:
                 os.rename(part, self.directory / record)
 
     def blob_diff_id(self, member: str) -> str:
-        """The diff ID recorded for the compressed blob a save's member is (`remember_blobs`), or ""."""
+        """The diff ID recorded for the layer a save's member is (`remember_blobs`), or ""."""
         record = blob_name(member)
         try:
             fd = os.open(self.directory / record, os.O_RDONLY | os.O_NOFOLLOW) if record else -1
