@@ -184,3 +184,12 @@ def test_a_compressed_layer_two_saves_share_is_inflated_and_walked_once(compress
     (shared / "follow.sqlite").rename(shared / f"b{INDEX}")
     trim(shared, 0, set())  # the last index with the layer goes: its inflated tar, walk and blob record too
     assert not inflated.exists() and not record.exists() and not (shared / walks.name(BASE_ID)).exists()
+
+
+def test_a_kept_walk_that_is_a_link_is_never_followed(tmp_path: Path) -> None:
+    indexed(save([BASE, TOP_B]), tmp_path)
+    kept = tmp_path / walks.name(BASE_ID)
+    kept.rename(tmp_path / "elsewhere")
+    kept.symlink_to(tmp_path / "elsewhere")
+    assert walks.open_kept(tmp_path, BASE_ID) is None
+    assert (tmp_path / "elsewhere").exists()

@@ -67,6 +67,7 @@ class Kept:
     """A whole walk on disk (kept, or being staged): `walk()` gives its batches again, as often as asked."""
 
     file: IO[bytes]
+    path: Path  # where it was opened (a part file that was kept since is no longer there)
     batches: int
     members: int
     payload: int
@@ -91,8 +92,8 @@ class Kept:
     def _damaged(self, why: str) -> NoReturn:
         """Whole in length, not in content (the disk's fault): this build fails, the next walks the layer."""
         with contextlib.suppress(OSError):
-            os.unlink(self.file.name)
-        raise BadArchive(f"the kept walk {self.file.name} is damaged: {why}")
+            os.unlink(self.path)
+        raise BadArchive(f"the kept walk {self.path} is damaged: {why}")
 
     def close(self) -> None:
         self.file.close()
@@ -101,8 +102,8 @@ class Kept:
 def open_kept(directory: Path, diff_id: str) -> Kept | None:
     """The layer's kept walk, if there is a whole one (one cut short is removed)."""
     path = directory / name(diff_id)
-    try:
-        file = open(path, "rb")  # noqa: SIM115 — the caller's, closed by `Kept.close`
+    try:  # never through a link: the cache directory is the mounting user's, the daemon may be root
+        file = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
     except OSError:
         return None
     size = os.fstat(file.fileno()).st_size
@@ -114,7 +115,7 @@ def open_kept(directory: Path, diff_id: str) -> Kept | None:
         with contextlib.suppress(OSError):
             path.unlink()
         return None
-    return Kept(file, batches, members, payload, whiteouts)
+    return Kept(file, path, batches, members, payload, whiteouts)
 
 
 class Keeper:
@@ -140,7 +141,7 @@ class Keeper:
         payload = self.file.tell()
         self.file.write(_TRAILER.pack(_MAGIC, self.batches, self.members, payload, self.whiteouts))
         self.file.flush()
-        self.kept = Kept(self.file, self.batches, self.members, payload, self.whiteouts)
+        self.kept = Kept(self.file, Path(self.file.name), self.batches, self.members, payload, self.whiteouts)
         return self.kept
 
     def keep(self, diff_id: str) -> None:
