@@ -41,6 +41,7 @@ from bench import DOCKER, Bench, Report, Row, Timing, fmt_time, log, run, sample
 
 ROOTFS_REF = "big/files:1"
 REWRITTEN = 100_000  # files the upper layer of the rewrite measurement rewrites
+BUILDS = 3  # runs of each builder-alone measurement
 SMALL = "files/d000/f00000.txt"
 NEEDLE = "imagefs-needle"
 RATARMOUNT = "ratarmount"  # the PyPI package, and its command
@@ -321,6 +322,14 @@ def build_alone(bench: Bench, save: Path, *mode: str, side: Path | None = None) 
     return int(out), seconds, int(peak.group(1)) / 1024 if peak else float("nan"), size
 
 
+def best_build(bench: Bench, save: Path, *mode: str) -> tuple[int, float, float, int]:
+    """`build_alone`'s fastest of BUILDS cold runs (a rate's best case: what the machine's other work left out),
+    with the highest peak RSS of them."""
+    runs = [build_alone(bench, save, *mode) for _ in range(BUILDS)]
+    rows, seconds, _, size = min(runs, key=lambda run: run[1])
+    return rows, seconds, max(run[2] for run in runs), size
+
+
 def index_alone(bench: Bench, report: Report) -> None:
     """The builder alone: the rootfs and the layer views of a one-layer save, and a second layer rewriting
     REWRITTEN of its files (its rate: the time it adds to the build of the first layer alone)."""
@@ -330,9 +339,9 @@ def index_alone(bench: Bench, report: Report) -> None:
     base = synthetic_layer(entries)
     write_save(save, base, base)
     for mode, name in (((), "rootfs"), (("views",), "layer views")):
-        rows, seconds, rss, size = build_alone(bench, save, *mode)
+        rows, seconds, rss, size = best_build(bench, save, *mode)
         per_entry = size / (entries + entries // 1000)
-        report.add(Row(f"index builder alone, {name}, {entries:,} entries: rate (entries/s)",
+        report.add(Row(f"index builder alone, {name}, {entries:,} entries: rate (entries/s), best of {BUILDS}",
                        f"{entries / seconds:,.0f}/s", "—", f"{rows:,} rows, {seconds:.1f} s", "≥ 200,000/s",
                        entries / seconds >= 200_000))
         report.add(Row("  its index bytes per entry", f"{per_entry:.0f} B/entry", "—", goal="≤ 100 B",
@@ -350,10 +359,11 @@ def index_alone(bench: Bench, report: Report) -> None:
     rewritten = min(REWRITTEN, entries)
     base = synthetic_layer(rewritten)
     write_save(save, base, base)
-    alone = build_alone(bench, save)[1]
+    alone = best_build(bench, save)[1]
     write_save(save, base, base, synthetic_layer(rewritten, b"9876543210"))
-    both = build_alone(bench, save)[1]
+    both = best_build(bench, save)[1]
     rate = rewritten / max(both - alone, 1e-9)
-    report.add(Row(f"  rootfs: an upper layer rewriting {rewritten:,} files: rate (members/s)", f"{rate:,.0f}/s",
+    report.add(Row(f"  rootfs: an upper layer rewriting {rewritten:,} files: rate (members/s), best of {BUILDS}",
+                   f"{rate:,.0f}/s",
                    "—", f"{both - alone:.2f} s over {alone:.2f} s", "≥ 200,000/s", rate >= 200_000))
     save.unlink()
