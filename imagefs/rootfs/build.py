@@ -29,8 +29,7 @@ import os
 import resource
 import sqlite3
 import sys
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -38,8 +37,8 @@ from typing import IO
 from .arriving import Growing
 from .follow import Stage, Staged
 from .inflate import inflate_zstd
-from .inflating import side_name
-from .members import SPAN, BadArchive, Raw, Window
+from .inflating import Gunzip, side_name
+from .members import SPAN, BadArchive, Window
 from .merge import WHITEOUT
 from .rootmerge import RootMerge
 from .save import LayerRef, read_save
@@ -82,11 +81,7 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: 
                 sources = [_walk_layer(area, ref, side_dir, merged, kept) for ref in save.layers]
                 kept.remember_blobs(save.layers)
                 return _write_layers(con, save.layers, sources, merged.root)
-            root = RootMerge(con, ROOTFS)
-            sources = [_walk_layer(area, ref, side_dir, root, kept) for ref in save.layers]
-            root.finish()
-            kept.remember_blobs(save.layers)
-            return _write_layers(con, save.layers, sources, root)
+            return _rootfs(con, save.layers, kept, lambda ref, root: _walk_layer(area, ref, side_dir, root, kept))
         finally:
             con.close()
 
@@ -98,16 +93,23 @@ def _build_following(area: Growing, db: Path, side_dir: Path, walks: Walks) -> i
         save = read_save(area)
         con = _create(db)
         try:
-            root = RootMerge(con, ROOTFS)
-            sources = [_apply_staged(area, ref, side_dir, root, walks, stage.staged.get(ref.offset))
-                       for ref in save.layers]
-            root.finish()
-            walks.remember_blobs(save.layers)
-            return _write_layers(con, save.layers, sources, root)
+            return _rootfs(con, save.layers, walks, lambda ref, root: _apply_staged(
+                area, ref, side_dir, root, walks, stage.staged.get(ref.offset)))
         finally:
             con.close()
     finally:
         stage.close()
+
+
+def _rootfs(con: sqlite3.Connection, layers: list[LayerRef], walks: Walks,
+            merge_layer: Callable[[LayerRef, RootMerge], str]) -> int:
+    """The merged rootfs of `layers`, each merged by `merge_layer` (which gives the side file it is in); the
+    rows written."""
+    root = RootMerge(con, ROOTFS)
+    sources = [merge_layer(ref, root) for ref in layers]
+    root.finish()
+    walks.remember_blobs(layers)
+    return _write_layers(con, layers, sources, root)
 
 
 def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, walks: Walks,
@@ -125,27 +127,25 @@ def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, 
 
 
 def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | Views, walks: Walks) -> str:
-    """Merge the layer's tar from its kept walk, or walked where it is (whiteouts looked for only if it may hold
-    some) and its walk kept; the side file it is in, if any."""
+    """Merge the layer's tar from its kept walk, or walked where it is and its walk kept; the side file it is
+    in, if any."""
     source = _inflate(area, ref, side_dir) if ref.compression else ""
     kept = walks.kept(ref.diff_id)
     if kept is not None:
         merge.apply(kept.walk, lambda: kept.whiteouts)
-        return source
-    if not ref.compression:
-        _apply(merge, walks.keeping(ref.diff_id, partial(walk, area, ref.offset, ref.offset + ref.size)),
-               area, ref.offset, ref.offset + ref.size)
-        return ""
-    with open(side_dir / source, "rb") as side:
-        side_area = Window(side.fileno(), SPAN)
-        _apply(merge, walks.keeping(ref.diff_id, partial(walk, side_area, 0, len(side_area))),
-               side_area, 0, len(side_area))
+    elif not source:
+        _walk_into(merge, walks, ref.diff_id, area, ref.offset, ref.offset + ref.size)
+    else:
+        with open(side_dir / source, "rb") as side:
+            side_area = Window(side.fileno(), SPAN)
+            _walk_into(merge, walks, ref.diff_id, side_area, 0, len(side_area))
     return source
 
 
-def _apply(merge: RootMerge | Views, walked: Callable[[], Iterator[list[Raw]]], area: Window, start: int,
-           end: int) -> None:
-    merge.apply(walked, partial(_may_hide, area, start, end))
+def _walk_into(merge: RootMerge | Views, walks: Walks, diff_id: str, area: Window, start: int, end: int) -> None:
+    """Merge the tar in `area[start:end]`, walked, its walk kept under `diff_id`; whiteouts looked for only if
+    it may hold some."""
+    merge.apply(walks.keeping(diff_id, partial(walk, area, start, end)), partial(_may_hide, area, start, end))
 
 
 def _may_hide(area: Window, start: int, end: int) -> bool:
@@ -162,20 +162,12 @@ def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
     if ref.compression == "zstd":
         return inflate_zstd(area, ref, side_dir / name)
     part = side_dir / f".{name}.{os.getpid()}.part"
-    inflater = zlib.decompressobj(wbits=31)
     try:
-        with open(part, "wb") as out:
-            for at in range(ref.offset, ref.offset + ref.size, 1 << 20):
-                out.write(inflater.decompress(area[at : min(at + (1 << 20), ref.offset + ref.size)]))
-            out.write(inflater.flush())
-        if not inflater.eof:
-            raise BadArchive(f"layer {ref.member} is a gzip stream cut short")
-    except zlib.error as exc:
-        raise BadArchive(f"layer {ref.member} is not the gzip stream it starts as: {exc}") from None
+        with open(part, "w+b") as out:
+            Gunzip(area, ref.offset, ref.offset + ref.size, ref.member, out).finish()
+        part.rename(side_dir / name)
     finally:
-        if not inflater.eof:
-            part.unlink(missing_ok=True)
-    part.rename(side_dir / name)
+        part.unlink(missing_ok=True)
     return name
 
 

@@ -21,7 +21,7 @@ import zlib
 from typing import IO
 
 from .arriving import Arriving
-from .members import BadArchive
+from .members import BadArchive, Window
 
 CHUNK = 1 << 20  # bytes of the save fed to the inflater at once
 OUT = 16 << 20  # most bytes one gzip step inflates (a layer of zeros inflates a thousandfold)
@@ -33,10 +33,10 @@ def side_name(diff_id: str) -> str:
 
 
 class Inflating(Arriving):
-    """The tar of the compressed layer in `area[start:end]`, as it is inflated into `side` (opened for reading and
-    writing)."""
+    """The tar of the compressed layer in `area[start:end]` (a save still arriving, or a whole one), as it is
+    inflated into `side` (opened for reading and writing)."""
 
-    def __init__(self, area: Arriving, start: int, end: int, member: str, side: IO[bytes]) -> None:
+    def __init__(self, area: Window, start: int, end: int, member: str, side: IO[bytes]) -> None:
         super().__init__(side.fileno())
         self.what = f"layer {member}, inflated,"
         self.member, self.source, self.at, self.end, self.side = member, area, start, end, side
@@ -58,7 +58,7 @@ class Inflating(Arriving):
 
 
 class Gunzip(Inflating):
-    def __init__(self, area: Arriving, start: int, end: int, member: str, side: IO[bytes]) -> None:
+    def __init__(self, area: Window, start: int, end: int, member: str, side: IO[bytes]) -> None:
         super().__init__(area, start, end, member, side)
         self.inflater = zlib.decompressobj(wbits=31)
 
@@ -81,7 +81,7 @@ class Gunzip(Inflating):
 class Unzstd(Inflating):
     """Fed to `zstd -d` (see `inflate`: it reads concatenated and skippable frames), its output into `side`."""
 
-    def __init__(self, area: Arriving, start: int, end: int, member: str, side: IO[bytes]) -> None:
+    def __init__(self, area: Window, start: int, end: int, member: str, side: IO[bytes]) -> None:
         super().__init__(area, start, end, member, side)
         zstd = shutil.which("zstd")
         if zstd is None:
