@@ -182,9 +182,14 @@ class Store:
         tmp = f".{name}.{next(self._serial)}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o600, dir_fd=self.dir_fd)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """(blocking) All of `data` at the file's offset: a short write is rare on a regular file, but not an error."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

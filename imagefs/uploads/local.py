@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import trio
 
 from ..errors import SpoolError
-from ..spool.store import Store
+from ..spool.store import Store, write_all
 
 PIECE = 4 << 20  # bytes read back at a time while the spool is sent: memory stays flat
 
@@ -43,15 +43,10 @@ class Spool:
             raise SpoolError.of(exc, where) from exc
 
     async def write(self, data: bytes) -> None:
-        """Append all of `data`; a full disk is SpoolError with ENOSPC, the writer's errno."""
-
-        def write_all() -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.pwrite(self.fd, view, self.size + len(data) - len(view)) :]
-
+        """Append all of `data` (only this writes to the spool; reads take offsets); a full disk is SpoolError with
+        ENOSPC, the writer's errno."""
         try:
-            await trio.to_thread.run_sync(write_all)
+            await trio.to_thread.run_sync(write_all, self.fd, data)
         except OSError as exc:
             raise SpoolError.of(exc, self.where) from exc
         self.size += len(data)

@@ -80,7 +80,6 @@ class Upload:
     _answered: trio.Event = field(default_factory=trio.Event)
     _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     _spool: Spool | None = None
-    _requested: bool = False  # the request has started
     _guard: trio.CancelScope = field(default_factory=trio.CancelScope)  # shields a spool's send
     _body_sent: trio.Event = field(default_factory=trio.Event)
 
@@ -214,17 +213,13 @@ class Upload:
             return
         self.state = State.SENDING
         if not self.dry_run:
-            self._request()
-
-    def _request(self) -> None:
-        self._requested = True
-        self.nursery.start_soon(self._run)
+            self.nursery.start_soon(self._run)
 
     async def _send_spool(self) -> None:
         """The whole, verified archive goes to the engine now, from the spool, and is not cut midway."""
         self.state = State.SENDING
         self._guard.shield = True
-        self._request()
+        self.nursery.start_soon(self._run)
         await self._watching(self._body_sent.wait, "while imagefs sent the upload")
 
     async def _run(self) -> None:
@@ -245,7 +240,6 @@ class Upload:
         if self._scope.cancelled_caught and self.error is None:
             self.error = Interrupted(f"{r.target}: the upload was cancelled")
         self._receive.close()  # a writer waiting for room learns the request is over
-        self._guard.shield = False
         self._body_sent.set()
         self._answered.set()
 
@@ -334,10 +328,11 @@ class Upload:
         """End the request mid-body, so that the engine creates nothing, and wait until it is gone;
         `error` is what the writer is told, now and at every later write or close."""
         self.error = error
-        # A spool is sent whole once its send has begun.
-        committed = self.state is State.COMMITTING or (self._spool is not None and self._requested)
+        # The request runs from the first byte sent on; a spool is sent whole once its send has begun.
+        requested = self.state in (State.SENDING, State.COMMITTING) and not self.dry_run
+        committed = self.state is State.COMMITTING or (self._spool is not None and requested)
         self._scope.cancel()
-        if self._requested:
+        if requested:
             await self._answered.wait()  # cancelled, the request ends at once (a spool's: once it is whole)
         # Once the body has ended, the engine has all it needs: closing the connection may be too late.
         after = "the engine had the whole archive and may have made the image" if committed else "nothing was created"
