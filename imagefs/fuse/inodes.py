@@ -38,17 +38,6 @@ class Inodes:
         self._node[ino] = node
         return ino
 
-    def again(self, ino: int, node: Node) -> bool:
-        """Whether `ino`, once given for `node`, is still its number (kept again, if it was forgotten)."""
-        held = self._node.get(ino)
-        if held is node or held == node:  # or an equal node, made by a lookup again
-            return True
-        if held is not None or self._ino.get(node.key, ino) != ino:
-            return False
-        self._node[ino] = node
-        self._ino[node.key] = ino
-        return True
-
     def node(self, ino: int) -> Node:
         try:
             return self._node[ino]

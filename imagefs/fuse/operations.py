@@ -125,7 +125,7 @@ class Operations(pyfuse3.Operations):
         """Entry `i`'s readdirplus reply: an immutable directory's is kept, for as long as its inode is."""
         reply = listing.replies[i] if listing.fixed is not None else None
         name, node = listing.entries[i]
-        if reply is not None and self.inodes.again(reply[1].st_ino, node):
+        if reply is not None and self.inodes.add(node) == reply[1].st_ino:  # the number the reply gave, still
             return reply
         reply = (os.fsencode(name), await self._entry(node, listing.fixed is not None))
         if listing.fixed is not None:
