@@ -35,7 +35,8 @@ from .merge import OPAQUE, WHITEOUT
 
 BATCH = 4096
 ODD_NAMES = frozenset((b"", b".", b".."))
-ATTRS = "kind, mode, uid, gid, mtime, size, layer, offset, link, rdev, ino"
+ATTRS = ", ".join(FIELDS.split(", ")[3:14])  # a row's inode: kind … ino
+SET_ATTRS = ", ".join(f"{attr} = ?" for attr in ATTRS.split(", "))
 Attrs = tuple[int, int, int, int, int, int, int, int, bytes, int, int]  # a row's inode: kind … ino (0: a new one)
 FastRow = tuple[int, bytes, int, int, int, int, int, int, int, int]  # parent, name, id, mode … offset, ino
 # A file over a file: the new row's values, its letter C over a lower layer's row, else the old row's
@@ -71,9 +72,8 @@ class RootMerge:
         self.on_link: Callable[[Raw, Attrs | None], None] | None = None
         self.on_gone: Callable[[list[tuple[Row, Path]]], None] | None = None
         self.made: dict[int, int] | None = None  # the layer's new inodes but files' and directories': their offsets
-        con.executescript("""
-            CREATE TEMP TABLE removed(top BLOB, path BLOB, kind, mode, uid, gid, mtime, size, layer, offset, link,
-                                      rdev, ino, PRIMARY KEY(top, path)) WITHOUT ROWID;""" + _OVER)
+        con.executescript(f"CREATE TEMP TABLE removed(top BLOB, path BLOB, {ATTRS}, PRIMARY KEY(top, path)) "
+                          "WITHOUT ROWID;" + _OVER)
 
     def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool],
               merged: Callable[[list[Raw]], None] | None = None) -> None:
@@ -237,8 +237,7 @@ class RootMerge:
         self._count(old, -1)
         self.alive += wrote == self.n != old[15]
         ino = self._new_inode(self.tree.new_id(), m)
-        self.con.execute("UPDATE node SET kind = ?, mode = ?, uid = ?, gid = ?, mtime = ?, size = ?, layer = ?, "
-                         "offset = ?, link = ?, rdev = ?, ino = ?, wrote = ?, letter = ? WHERE parent = ? AND name = ?",
+        self.con.execute(f"UPDATE node SET {SET_ATTRS}, wrote = ?, letter = ? WHERE parent = ? AND name = ?",
                          (*attrs[:10], ino, wrote, letter, *old[:2]))
         if ino in self.with_xattrs:
             self.with_xattrs[ino] += 1

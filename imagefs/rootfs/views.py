@@ -27,14 +27,13 @@ from collections.abc import Callable, Iterator
 from .live import Insert, Path, Row, dir_row
 from .members import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, Raw, components
 from .merge import WHITEOUT
-from .rootmerge import ATTRS, BATCH, ODD_NAMES, Attrs, RootMerge
+from .rootmerge import ATTRS, BATCH, ODD_NAMES, SET_ATTRS, Attrs, RootMerge
 
 OWN_INOS = 1 << 40  # layer n's regular files: (n + 1) * OWN_INOS + their data's block in the layer's tar
 REMOVED_INOS = 1 << 62  # what a layer removed: this + the merged tree's number
 _SHADOWED = ("node", "xattr", "chg")  # the tables `rootmerge` writes
 _INSERT = "INSERT OR REPLACE INTO main.node VALUES "
 _ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,-1,NULL)"
-_SET = "kind = ?, mode = ?, uid = ?, gid = ?, mtime = ?, size = ?, layer = ?, offset = ?, link = ?, rdev = ?, ino = ?"
 Inode = tuple[int, int, int, int, int, int, int, int, bytes, int]  # kind … rdev
 ViewRow = tuple[int, bytes, int, int, int, int, int, int, int, int, int, bytes, int, int, int]  # parent … nlink
 
@@ -113,7 +112,6 @@ class Own:
     def __init__(self, views: Views, n: int) -> None:
         self.views, self.n, self.con = views, n, views.con
         self.top = views.row_id()
-        self.lo = self.top
         self.dirs: dict[int, tuple[int, bytes]] = {self.top: (0, files_tree(n))}
         self.subdirs: dict[tuple[int, bytes], int] = {}
         self.by_raw: dict[bytes, int] = {}  # a member's parent as written -> its directory
@@ -154,7 +152,7 @@ class Own:
             return
         attrs, ino = found
         if not path:  # the root itself: only its attributes
-            self.con.execute(f"UPDATE main.node SET {_SET} WHERE parent = 0 AND name = ?",
+            self.con.execute(f"UPDATE main.node SET {SET_ATTRS} WHERE parent = 0 AND name = ?",
                              (*attrs, ino, files_tree(self.n)))
             return
         parent = self._dir(path[:-1])
@@ -164,7 +162,7 @@ class Own:
         key = (parent, path[-1])
         old = self.subdirs.get(key)
         if old is not None and attrs[0] == DIRECTORY:
-            self.con.execute(f"UPDATE main.node SET {_SET} WHERE parent = ? AND name = ?", (*attrs, ino, *key))
+            self.con.execute(f"UPDATE main.node SET {SET_ATTRS} WHERE parent = ? AND name = ?", (*attrs, ino, *key))
             return
         if old is not None:
             self._drop(old)
@@ -231,7 +229,7 @@ class Own:
 
     def finish(self) -> None:
         self._flush()
-        self.views.set_nlinks(self.lo, self.views.row_id(), self.dirs, self.linked)
+        self.views.set_nlinks(self.top, self.views.row_id(), self.dirs, self.linked)
 
 
 class Removed:
