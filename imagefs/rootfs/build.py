@@ -36,15 +36,14 @@ from typing import IO
 
 from .arriving import Growing
 from .follow import Stage, Staged
-from .inflate import inflate_zstd
-from .inflating import Gunzip, side_name
+from .inflating import INFLATERS, side_name
 from .members import SPAN, BadArchive, Window
 from .merge import WHITEOUT
 from .rootmerge import RootMerge
 from .save import LayerRef, read_save
 from .views import Views
 from .walker import walk
-from .walks import Walks
+from .walks import Walks, part_file
 
 FORMAT = 4  # 4: rows of a hardlink under a path whited out and rebuilt, merged right (3 could lose them)
 ROOTFS = b"rootfs"
@@ -159,15 +158,18 @@ def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
     name = side_name(ref.diff_id)
     if (side_dir / name).exists():
         return name
-    if ref.compression == "zstd":
-        return inflate_zstd(area, ref, side_dir / name)
-    part = side_dir / f".{name}.{os.getpid()}.part"
+    out = part_file(side_dir, f".{name}.")
     try:
-        with open(part, "w+b") as out:
-            Gunzip(area, ref.offset, ref.offset + ref.size, ref.member, out).finish()
-        part.rename(side_dir / name)
+        inflater = INFLATERS[ref.compression](area, ref.offset, ref.offset + ref.size, ref.member, out)
+        try:
+            inflater.finish()
+        finally:
+            inflater.close()
+        os.rename(out.name, side_dir / name)
     finally:
-        part.unlink(missing_ok=True)
+        out.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out.name)
     return name
 
 

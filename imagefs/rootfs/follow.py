@@ -30,8 +30,8 @@ top layer, whose v1 ID digests the image's config too.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +39,11 @@ from typing import IO
 
 from ..tarcheck import BLOCK, checksum_problem
 from .arriving import ENDLESS, Growing
-from .inflating import Gunzip, Unzstd, side_name
+from .inflating import INFLATERS, Inflating, side_name
 from .members import ZERO, BadArchive, Member, Raw, entries, members
-from .save import GZIP, ZSTD
-from .walks import HEX, Keeper, Kept, Walks, name
-
-BATCH = 2048
+from .save import ZSTD, compression
+from .walker import BATCH
+from .walks import HEX, Keeper, Kept, Walks, name, part_file
 
 
 @dataclass
@@ -89,9 +88,9 @@ class Stage:
         (or a compressed one) and whose name gives no diff ID with a kept walk."""
         for m in members(self.area, 0, ENDLESS):
             head = bytes(self.area[m.offset : m.offset + BLOCK]) if m.size >= len(ZSTD) else b""
-            if head.startswith(GZIP) or head.startswith(ZSTD):
+            if codec := compression(head):
                 if not self._inflated_before(m.path):  # else `build._walk_layer` takes the tar and the walk kept
-                    self.staged[m.offset] = self._inflated(m, Gunzip if head.startswith(GZIP) else Unzstd)
+                    self.staged[m.offset] = self._inflated(m, INFLATERS[codec])
             elif m.size >= 2 * BLOCK and _looks_like_tar(head):
                 diff_id = _named_diff_id(m.path) or self.walks.blob_diff_id(m.path.decode("ascii", "replace"))
                 kept = self.walks.kept(diff_id) if diff_id else None
@@ -103,9 +102,8 @@ class Stage:
         diff_id = self.walks.blob_diff_id(member.decode("ascii", "replace"))
         return bool(diff_id) and all((self.walks.directory / n).exists() for n in (side_name(diff_id), name(diff_id)))
 
-    def _inflated(self, m: Member, how: type[Gunzip | Unzstd]) -> Staged:
-        side = tempfile.NamedTemporaryFile(dir=self.walks.directory, prefix=".inflated.", suffix=".part",  # noqa: SIM115
-                                           delete=False)
+    def _inflated(self, m: Member, how: type[Inflating]) -> Staged:
+        side = part_file(self.walks.directory, ".inflated.")
         try:
             inflating = how(self.area, m.offset, m.offset + m.size, m.path.decode(errors="replace"), side)
         except BadArchive as exc:
@@ -120,14 +118,9 @@ class Stage:
 
     def _stage(self, walked: Iterator[Raw], m: Member, then: Callable[[], None] | None = None) -> Staged:
         keeper = self.walks.keeper()
-        batch: list[Raw] = []
         try:
-            for raw in walked:
-                batch.append(raw)
-                if len(batch) == BATCH:
-                    keeper.add(batch)
-                    batch = []
-            keeper.add(batch)
+            while batch := list(itertools.islice(walked, BATCH)):
+                keeper.add(batch)
             if then is not None:
                 then()
         except BadArchive as exc:

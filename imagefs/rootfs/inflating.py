@@ -1,4 +1,4 @@
-"""A compressed layer inflated into a side file as the save brings its bytes, so that it is walked as it arrives.
+"""A compressed layer inflated into a side file, as the save brings its bytes or from a whole save.
 
 The containerd image store saves layers as they were pulled, gzip or zstd.
 Following such a save (`follow`), the layer's bytes are inflated as they land in
@@ -7,8 +7,13 @@ its output straight into the side file — and the walk reads the side file as i
 grows: a read of inflated bytes not there yet feeds the inflater more of the
 save, waiting for the spool where it must. A stream that is cut or is not what
 its magic says is `BadArchive` for that member. The side file is named by the
-layer's diff ID once the manifest gives it (`side_name`), as `build._inflate`
-names those it makes after the export.
+layer's diff ID once the manifest gives it (`side_name`); `build._inflate`
+inflates a whole save's layer the same way.
+
+No zstd module is in the standard library before Python 3.14, and the `zstd`
+command (Debian's package `zstd`, which `scripts/setup.sh` installs) inflates at
+local-disk speed; it reads concatenated frames and skips skippable ones, as
+zstd:chunked layers have.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ class Gunzip(Inflating):
 
 
 class Unzstd(Inflating):
-    """Fed to `zstd -d` (see `inflate`: it reads concatenated and skippable frames), its output into `side`."""
+    """Fed to `zstd -d`, its output into `side`."""
 
     def __init__(self, area: Window, start: int, end: int, member: str, side: IO[bytes]) -> None:
         super().__init__(area, start, end, member, side)
@@ -115,3 +120,6 @@ class Unzstd(Inflating):
                 with contextlib.suppress(BrokenPipeError):
                     pipe.close()
         self.proc.wait()
+
+
+INFLATERS: dict[str, type[Inflating]] = {"gzip": Gunzip, "zstd": Unzstd}  # by `LayerRef.compression`

@@ -60,11 +60,14 @@ def read_save(buf: Buffer) -> Save:
     layers = []
     for i, (name, diff_id) in enumerate(zip(names, diff_ids, strict=True)):
         m = _regular(by_name, str(name))
-        magic = bytes(buf[m.offset : m.offset + 4])
-        compression = "gzip" if magic.startswith(GZIP) else "zstd" if magic == ZSTD else ""
-        layers.append(LayerRef(diff_id, str(name), m.offset, m.size, compression,
+        layers.append(LayerRef(diff_id, str(name), m.offset, m.size, compression(bytes(buf[m.offset : m.offset + 4])),
                                history[i] if i < len(history) else ""))
     return Save(config, layers)
+
+
+def compression(head: bytes) -> str:
+    """What a layer's first bytes say it is compressed with: "gzip", "zstd", or "" (a tar)."""
+    return "gzip" if head.startswith(GZIP) else "zstd" if head.startswith(ZSTD) else ""
 
 
 def _regular(by_name: dict[str, Member], name: str) -> Member:

@@ -48,6 +48,12 @@ _MAGIC = b"ifswalk1"
 _FRAME = struct.Struct("<I")  # a batch's length, before its marshal bytes
 
 
+def part_file(directory: Path, prefix: str) -> IO[bytes]:
+    """A new hidden `.part` file in `directory` for a build to write and then name: read and written, 0600, made
+    with O_EXCL (never through a link)."""
+    return tempfile.NamedTemporaryFile(dir=directory, prefix=prefix, suffix=".part", delete=False)
+
+
 def name(diff_id: str) -> str:
     """The kept walk's file name for a layer."""
     return diff_id.removeprefix("sha256:") + SUFFIX
@@ -123,7 +129,7 @@ class Keeper:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.file = tempfile.NamedTemporaryFile(dir=directory, prefix=".walk.", suffix=".part", delete=False)  # noqa: SIM115
+        self.file = part_file(directory, ".walk.")
         self.batches = self.members = 0
         self.whiteouts = False
         self.kept: Kept | None = None
