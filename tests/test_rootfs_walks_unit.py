@@ -193,3 +193,13 @@ def test_a_kept_walk_that_is_a_link_is_never_followed(tmp_path: Path) -> None:
     kept.symlink_to(tmp_path / "elsewhere")
     assert walks.open_kept(tmp_path, BASE_ID) is None
     assert (tmp_path / "elsewhere").exists()
+
+
+def test_the_parts_a_killed_builder_left_go_at_the_next_trim(tmp_path: Path) -> None:
+    """A `.part` whose builder is gone (killed mid-build: no cleanup ran) is removed; a running one's stays."""
+    gone = tmp_path / f".walk.abc.{1 << 23}.part"  # above any pid_max: a builder that is no more
+    gone.write_bytes(b"x" * 100)
+    with walks.part_file(tmp_path, ".inflated.") as running:
+        running.write(b"y" * 100)
+        assert trim(tmp_path, 1 << 30, set()) == [gone.name]
+        assert not gone.exists() and Path(running.name).exists()

@@ -4,7 +4,8 @@ Least recently used first (an index's mtime is when a mount last opened it); an
 index open in this mount stays, and an inflated layer, a layer's kept walk or
 its blob's diff ID goes only with the last index that has the layer (one no index has, left
 by a build that failed, goes once the indexes alone do not bring the directory
-under its bound). Another daemon that has an index open keeps its descriptor,
+under its bound). A part file a builder left when it was killed (its pid is
+gone) goes at the next trim. Another daemon that has an index open keeps its descriptor,
 and a later open there builds the index again.
 """
 
@@ -15,6 +16,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from ..spool.store import abandoned
 from . import walks
 
 INDEX = ".sqlite"
@@ -31,11 +33,16 @@ def sources(index: Path) -> set[str]:
 
 
 def trim(directory: Path, budget: int, keep: set[str]) -> list[str]:
-    """(blocking) Remove indexes not in `keep` until the directory holds at most `budget` bytes; what went."""
-    files = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(directory)
+    """(blocking) Remove indexes not in `keep` until the directory holds at most `budget` bytes, and the part
+    files of builders that are gone; what went."""
+    entries = list(os.scandir(directory))
+    files = {e.name: e.stat(follow_symlinks=False) for e in entries
              if e.is_file(follow_symlinks=False) and not e.name.startswith(".")}
     held = sum(s.st_size for s in files.values())
-    removed: list[str] = []
+    removed = [e.name for e in entries if e.name.startswith(".") and abandoned(e.name)]
+    for name in removed:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / name)
     freed: set[str] = set()  # inflated layers and kept walks that only removed indexes may still need
     for _, name in sorted((s.st_mtime, n) for n, s in files.items() if n.endswith(INDEX) and n not in keep):
         if held <= budget:

@@ -50,8 +50,8 @@ _FRAME = struct.Struct("<I")  # a batch's length, before its marshal bytes
 
 def part_file(directory: Path, prefix: str) -> IO[bytes]:
     """A new hidden `.part` file in `directory` for a build to write and then name: read and written, 0600, made
-    with O_EXCL (never through a link)."""
-    return tempfile.NamedTemporaryFile(dir=directory, prefix=prefix, suffix=".part", delete=False)
+    with O_EXCL (never through a link), named by the builder's pid so that `trim` knows one it left."""
+    return tempfile.NamedTemporaryFile(dir=directory, prefix=prefix, suffix=f".{os.getpid()}.part", delete=False)
 
 
 def name(diff_id: str) -> str:

@@ -100,8 +100,7 @@ class Store:
             raise UnsafeCache(f"{where} is not a regular file")
         self._check(info, where)
         if entry.name.endswith(".part"):
-            pid = entry.name.rsplit(".", 2)[-2]
-            if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            if abandoned(entry.name):
                 os.unlink(entry.name, dir_fd=self.spool_fd)
         elif entry.name.endswith(SUFFIX):
             self.stored[entry.name] = Stored(info.st_size, info.st_mtime)
@@ -193,3 +192,9 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def abandoned(part: str) -> bool:
+    """Is `part` (named `….<pid>.part`) a file whose writer is gone? Nothing will finish it."""
+    pid = part.rsplit(".", 2)[-2] if part.endswith(".part") else ""
+    return bool(pid) and not (pid.isdigit() and Path(f"/proc/{pid}").exists())
