@@ -112,6 +112,12 @@ def test_the_mount_reads_ahead_one_mebibyte(mount: Mount) -> None:
     wait_for(lambda: Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "1024")
 
 
+def test_export_files_ask_cat_and_cp_for_one_mebibyte_reads(mount: Mount) -> None:
+    # The first reader of an export reads with direct I/O, one round trip per read call.
+    assert os.stat(mount.path / "busybox:latest" / "export.tar").st_blksize == 1 << 20
+    assert os.stat(mount.path / ".imagefs" / "all.tar").st_blksize == 1 << 20
+
+
 def test_random_access_and_remembered_size(engine: Engine, tmp: Path) -> None:
     expected = engine.save("busybox:latest")
     with mounted(engine, tmp) as m:

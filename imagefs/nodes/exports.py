@@ -28,17 +28,25 @@ from ..spool.export import Content, Export, State
 from ..spool.exports import Exports
 from .base import Context, File, Handle, Stat
 
+# The I/O size cat and cp choose (st_blksize): the first reader of an export reads with direct I/O
+# once the whole export is spooled, so how fast it goes is the number of requests.
+BLKSIZE = 1 << 20
+
 
 def _listed(export: Export, mtime: int) -> Stat:
     """What a lookup or listing tells without waiting: an exact size, or the volatile 0."""
     if export.state is State.COMPLETE:
-        return Stat(st.S_IFREG | 0o444, export.size, mtime)
+        return _stat(0o444, export.size, mtime)
     if export.state is State.IDLE and export.stored is not None:
-        return Stat(st.S_IFREG | 0o444, export.stored, mtime)
+        return _stat(0o444, export.stored, mtime)
     if export.state is not State.FAILED and export.expected is not None:
         # Unproven until an export is verified, which every open waits for before any read.
-        return Stat(st.S_IFREG | 0o444, export.expected, mtime, volatile=True)
-    return Stat(st.S_IFREG | 0o440, 0, mtime, volatile=True)  # failed (a listing goes on), or not known yet
+        return _stat(0o444, export.expected, mtime, volatile=True)
+    return _stat(0o440, 0, mtime, volatile=True)  # failed (a listing goes on), or not known yet
+
+
+def _stat(mode: int, size: int, mtime: int, volatile: bool = False) -> Stat:
+    return Stat(st.S_IFREG | mode, size, mtime, volatile=volatile, blksize=BLKSIZE)
 
 
 async def export_stat(export: Export, mtime: int, wait: bool) -> Stat:
