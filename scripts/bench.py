@@ -729,6 +729,17 @@ def page_cache_writes(directory: Path, mib: int, quiet: float = 5.0) -> tuple[fl
     return write(), write()
 
 
+def settle(bench: Bench, get: list[str]) -> None:
+    """Every timed export starts alike: right after another ImageGet (`get`), with nothing left to write back.
+
+    Measured here: the engine's first save after an export through the mount (whose spool is then
+    still on disk) took 1 s longer than the next one, whichever client asked; and dockerd writes
+    the whole save to a temporary directory first, which a flush of the last spool would slow.
+    """
+    run([*get, "-o", "/dev/null"], env=bench.env)
+    os.sync()
+
+
 def bench_export(bench: Bench, report: Report) -> None:
     mib = bench.args.big_mb
     report.section(f"3. export.tar of a {mib} MiB image")
@@ -749,21 +760,11 @@ def bench_export(bench: Bench, report: Report) -> None:
     peak_hwm: list[int] = []
     size = 0
 
-    def settle() -> None:
-        """Every timed export starts alike: right after another ImageGet, with nothing left to write back.
-
-        Measured here: the engine's first save after an export through the mount (whose spool is then
-        still on disk) took 1 s longer than the next one, whichever client asked; and dockerd writes
-        the whole save to a temporary directory first, which a flush of the last spool would slow.
-        """
-        run([*get, "-o", "/dev/null"], env=bench.env)
-        os.sync()
-
     for r in range(rounds):
         step = f"export round {r + 1}/{rounds}"
         log(f"{step}: raw ImageGet")
         bench.umount()
-        settle()
+        settle(bench, get)
         start = time.perf_counter()
         size = int(run([*get, "-o", "/dev/null", "-w", "%{size_download}"], env=bench.env))
         raw.values.append(time.perf_counter() - start)
@@ -771,7 +772,7 @@ def bench_export(bench: Bench, report: Report) -> None:
         log(f"{step}: first export through a fresh mount")
         bench.mount()
         idle_hwm.append(bench.peak_rss_kib())
-        settle()
+        settle(bench, get)
         with engine_saves(bench) as saves:
             first.values.append(timed(["cat", str(export)]))
         first_saves.extend(saves)
@@ -793,7 +794,7 @@ def bench_export(bench: Bench, report: Report) -> None:
 
         log(f"{step}: {READERS} concurrent readers of a cold export (fresh mount)")
         bench.remount()
-        settle()
+        settle(bench, get)
         with engine_saves(bench) as saves:
             many.values.append(concurrent_cats(export, READERS))
         many_saves.extend(saves)
