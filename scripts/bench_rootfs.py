@@ -97,7 +97,8 @@ def bench_rootfs(bench: Bench, report: Report) -> None:
     raw, first, today, beside, alone = Timing([]), Timing([]), Timing([]), Timing([]), Timing([])
     figures = None
     for r in range(max(1, bench.args.export_rounds)):
-        log(f"rootfs round {r + 1}: raw ImageGet, first cat through a fresh mount, docker create+export+cat, first export.tar with and without indexing")
+        log(f"rootfs round {r + 1}: raw ImageGet, first cat through a fresh mount, docker create+export+cat, "
+            "first export.tar with and without indexing")
         bench.umount()
         run([*get, "-o", "/dev/null"], env=bench.env)
         os.sync()
