@@ -10,7 +10,7 @@ import pytest
 from rootfs_tars import M, compressed, layer, save
 from test_rootfs_unit import described, follow_index
 
-from imagefs.rootfs import walks
+from imagefs.rootfs import walker, walks
 from imagefs.rootfs.build import ROOTFS, build
 from imagefs.rootfs.index import Index
 from imagefs.rootfs.members import BadArchive
@@ -65,6 +65,21 @@ def test_a_layer_two_images_share_is_walked_once(layout: str, compress: bool | s
     views, told = indexed(image_b, shared, views=True)  # the layer views: every walk kept
     assert told == [f"layer {BASE_ID}: merged from its kept walk", f"layer {B_ID}: merged from its kept walk"]
     assert views == indexed(image_b, fresh, views=True)[0]
+
+
+def test_a_walk_from_a_forked_walker_is_kept_as_its_frames_came(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """A big layer is walked in a child (`walker.MIN_FORKED`), and its walk kept from the child's frames."""
+    image = save([BASE, TOP_B])
+    rootfs, views, forked = tmp_path / "rootfs", tmp_path / "views", tmp_path / "forked"
+    for side in (rootfs, views, forked):
+        side.mkdir()
+    expected = indexed(image, rootfs)[0], indexed(image, views, views=True)[0]  # each walked where it is
+    monkeypatch.setattr(walker, "MIN_FORKED", 0)
+    assert indexed(image, forked)[0] == expected[0]
+    got, told = indexed(image, forked, views=True)  # from the walks kept from frames, whiteouts and all
+    assert told == [f"layer {BASE_ID}: merged from its kept walk", f"layer {B_ID}: merged from its kept walk"]
+    assert got == expected[1]
 
 
 @pytest.mark.parametrize("layout", ["legacy", "oci", "podman"])

@@ -17,7 +17,7 @@ import os
 import signal
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 from .members import BadArchive, Buffer, Raw, entries
@@ -26,6 +26,16 @@ BATCH = 2048  # members a frame holds
 _FRAME = struct.Struct("<cI")  # kind (D: members, E: the walk's error, Z: the end), length
 PIPE_SIZE = 1 << 20  # the default most kernels allow an unprivileged process
 MIN_FORKED = 8 << 20  # a smaller layer is walked in the builder: a fork would cost more than it saves
+
+
+class Batch(list[Raw]):
+    """Members as a walk gives them, and the `marshal` bytes they came in, which a kept walk keeps as they are."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, members: Iterable[Raw], frame: bytes) -> None:
+        super().__init__(members)
+        self.frame = frame
 
 
 def walk(buf: Buffer, start: int, end: int) -> Iterator[list[Raw]]:
@@ -47,7 +57,7 @@ def walk(buf: Buffer, start: int, end: int) -> Iterator[list[Raw]]:
             while not finished:
                 kind, body = _receive(frames)
                 if kind == b"D":
-                    yield marshal.loads(body)
+                    yield Batch(marshal.loads(body), body)
                 elif kind == b"E":
                     raise BadArchive(body.decode(errors="replace"))
                 elif kind == b"Z":

@@ -38,6 +38,7 @@ from typing import IO, NoReturn
 from .members import BadArchive, Raw, components
 from .merge import WHITEOUT
 from .save import LayerRef
+from .walker import Batch
 
 WALK = 1  # the kept walk's own format: bumped when `members.entries` gives other tuples
 SUFFIX = f".walk{WALK}"
@@ -135,11 +136,13 @@ class Keeper:
         self.kept: Kept | None = None
 
     def add(self, batch: list[Raw]) -> None:
-        body = marshal.dumps(batch)
-        self.file.write(_FRAME.pack(len(body)) + body)
+        body = batch.frame if isinstance(batch, Batch) else marshal.dumps(batch)
+        self.file.write(_FRAME.pack(len(body)))
+        self.file.write(body)
         self.batches += 1
         self.members += len(batch)
-        if not self.whiteouts:
+        # marshal keeps bytes as they are: a batch whose frame has no `.wh.` has no whiteout, at C speed
+        if not self.whiteouts and WHITEOUT in body:
             self.whiteouts = any(WHITEOUT in m[0] and _is_whiteout(m[0]) for m in batch)
 
     def finish(self) -> Kept:
