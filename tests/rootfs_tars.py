@@ -57,7 +57,13 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", link: str | None = 
 
 
 def compressed(raw: bytes, how: str) -> bytes:
-    """gzip, zstd, or zstd as zstd:chunked writes it (one frame per part, skippable frames between)."""
+    """gzip, zstd, zstd as zstd:chunked writes it (one frame per part, skippable frames between), or gzip
+    as eStargz writes it (gzip:members: one member per part, which Go's reader, like gunzip, reads on); or,
+    what no engine takes, gzip with zeros after it (gzip+zeros)."""
+    if how == "gzip:members":
+        return compressed(raw[:1024], "gzip") + compressed(raw[1024:], "gzip")
+    if how == "gzip+zeros":
+        return compressed(raw, "gzip") + bytes(1024)
     if how == "zstd:chunked":
         skippable = (0x184D2A50).to_bytes(4, "little") + (6).to_bytes(4, "little") + b"chunks"
         return compressed(raw[:1024], "zstd") + skippable + compressed(raw[1024:], "zstd")

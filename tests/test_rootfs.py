@@ -30,9 +30,10 @@ import pytest
 from conftest import Engine, Mount, Proxy, mounted, wait_for
 from rootfs_tars import M, layer, oci_archive
 
-from imagefs.rootfs.save import ZSTD
+from imagefs.rootfs.save import GZIP, ZSTD
 
 REF = "rfs/tricky:1"
+MAGIC = {"gzip": GZIP, "zstd": ZSTD}
 STEP1 = (
     "/bin/busybox --install -s /bin && mkdir -p /a/b /d1 /keep /opq /dirToFile && echo x > /a/b/f && "
     "echo y > /a/g && echo z > /d1/file && echo h > /hl1 && ln /hl1 /hl2 && ln -s /a/g /abs && ln -s a/g /rel && "
@@ -282,26 +283,28 @@ def test_no_xattrs_turns_them_off_everywhere(engine: Engine, tricky: str, tmp: P
             assert info.value.errno == errno.EOPNOTSUPP
 
 
+@pytest.mark.parametrize("compress", ["zstd:chunked", "gzip:members"])
 @pytest.mark.parametrize("matrix_engine", ["docker26c"], indirect=True)
-def test_a_zstd_layer_reads_as_the_engine_flattens_it(matrix_engine: Engine, tmp: Path) -> None:
-    """The containerd image store keeps a loaded zstd layer as it came, and saves it so."""
-    engine, ref = matrix_engine, "rfs/zstd:1"
+def test_a_compressed_layer_reads_as_the_engine_flattens_it(matrix_engine: Engine, compress: str, tmp: Path) -> None:
+    """The containerd image store keeps a loaded layer compressed as it came (zstd:chunked, or gzip in a member
+    a part as eStargz writes it), and saves it so."""
+    engine, ref, codec = matrix_engine, "rfs/compressed:1", compress.split(":")[0]
     big = os.urandom(3 << 20)  # more than one window of the inflater
     layers = [layer(M("srv", "dir", mode=0o755), M("srv/big", data=big), M("srv/link", "symlink", b"big")),
               layer(M("srv/small", data=b"zstd\n", uid=3, mode=0o600), M("srv/.wh.big"))]
-    (tmp / "z.tar").write_bytes(oci_archive(layers, f"docker.io/{ref}", "zstd:chunked"))
+    (tmp / "z.tar").write_bytes(oci_archive(layers, f"docker.io/{ref}", compress))
     engine.docker("load", "-i", str(tmp / "z.tar"))
     try:
         with tarfile.open(fileobj=io.BytesIO(engine.save(ref))) as save:
             blobs = [save.extractfile(name).read(4) for name in  # type: ignore[union-attr]
                      json.loads(save.extractfile("manifest.json").read())[0]["Layers"]]  # type: ignore[union-attr]
-        assert blobs == [ZSTD, ZSTD]
+        assert [blob[: len(MAGIC[codec])] for blob in blobs] == [MAGIC[codec]] * 2
         with mounted(engine, tmp) as m:
             got, _, _ = mount_walk(m / ref / "rootfs")
             assert _top_dirs_untimed(got) == _top_dirs_untimed(engine_flattening(engine, ref)[0])
             assert sorted(got) == ["srv", "srv/link", "srv/small"]
             bottom = m / ref / "layers" / sorted(os.listdir(m / ref / "layers"))[0]
             assert hashlib.sha256((bottom / "files/srv/big").read_bytes()).digest() == hashlib.sha256(big).digest()
-            assert json.loads((bottom / "layer.json").read_text())["compression"] == "zstd"
+            assert json.loads((bottom / "layer.json").read_text())["compression"] == codec
     finally:
         engine.docker("rmi", ref, check=False)

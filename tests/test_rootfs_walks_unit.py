@@ -139,7 +139,7 @@ def test_a_kept_walk_damaged_inside_fails_one_build_not_the_next(tmp_path: Path)
                                                      f"layer {B_ID}: merged from its kept walk"])
 
 
-@pytest.mark.parametrize("compress", ["gzip", "zstd", "zstd:chunked"])
+@pytest.mark.parametrize("compress", ["gzip", "gzip:members", "zstd", "zstd:chunked"])
 def test_a_compressed_layer_followed_is_inflated_and_walked_as_it_arrives(compress: str, tmp_path: Path) -> None:
     fresh, side = tmp_path / "fresh", tmp_path / "side"
     fresh.mkdir()
@@ -164,6 +164,13 @@ def test_a_compressed_layer_broken_inside_fails_the_followed_build(compress: str
     with pytest.raises(BadArchive, match="is not the"):
         indexed(bytes(data), tmp_path, follow_chunk=4096)
     assert not list(tmp_path.glob(".*.part")) and not list(tmp_path.glob("?" * 64 + ".tar"))
+
+
+@pytest.mark.parametrize("follow_chunk", [0, 4096])
+def test_zeros_after_a_gzip_layer_fail_the_build(follow_chunk: int, tmp_path: Path) -> None:
+    """Go's gzip reader, which the engines unpack layers with, takes another member after one, or the end."""
+    with pytest.raises(BadArchive, match="is not the gzip stream"):
+        indexed(save([BASE, TOP_B], layout="oci", compress="gzip+zeros"), tmp_path, follow_chunk=follow_chunk)
 
 
 def test_a_kept_walk_no_index_has_goes_only_when_over_the_bound(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 The containerd image store saves layers as they were pulled, gzip or zstd.
 Following such a save (`follow`), the layer's bytes are inflated as they land in
-the spool — gzip by `zlib`, zstd by the `zstd -d` process fed as they arrive,
-its output straight into the side file — and the walk reads the side file as it
-grows: a read of inflated bytes not there yet feeds the inflater more of the
+the spool — gzip by `zlib`, member after member as gzip readers do, zstd by the
+`zstd -d` process fed as they arrive, its output straight into the side file —
+and the walk reads the side file as it grows: a read of inflated bytes not there yet feeds the inflater more of the
 save, waiting for the spool where it must. A stream that is cut or is not what
 its magic says is `BadArchive` for that member. The side file is named by the
 layer's diff ID once the manifest gives it (`side_name`); `build._inflate`
@@ -68,7 +68,14 @@ class Gunzip(Inflating):
         self.inflater = zlib.decompressobj(wbits=31)
 
     def _hear(self) -> None:
-        data = self.inflater.unconsumed_tail or (self._input() if self.at < self.end else b"")
+        if self.inflater.eof:  # a gzip member ended: gzip readers go on to the next (eStargz writes one a file)
+            data = self.inflater.unused_data or (self._input() if self.at < self.end else b"")
+            if not data:
+                self.final = True
+                return
+            self.inflater = zlib.decompressobj(wbits=31)  # anything but a gzip member is its error
+        else:
+            data = self.inflater.unconsumed_tail or (self._input() if self.at < self.end else b"")
         try:
             out = self.inflater.decompress(data, OUT) if data else self.inflater.flush()
         except zlib.error as exc:
