@@ -30,7 +30,6 @@ import resource
 import sqlite3
 import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -38,11 +37,10 @@ from .arriving import Growing
 from .follow import Stage, Staged
 from .inflating import INFLATERS, side_name
 from .members import SPAN, BadArchive, Window
-from .merge import WHITEOUT
 from .rootmerge import RootMerge
 from .save import LayerRef, read_save
 from .views import Views
-from .walker import walk
+from .walker import Walk
 from .walks import Walks, part_file
 
 FORMAT = 4  # 4: rows of a hardlink under a path whited out and rebuilt, merged right (3 could lose them)
@@ -75,12 +73,14 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: 
         save = read_save(area)
         con = _create(db)
         try:
-            if views:
-                merged = Views(con, SCHEMA)
-                sources = [_walk_layer(area, ref, side_dir, merged, kept) for ref in save.layers]
-                kept.remember_blobs(save.layers)
-                return _write_layers(con, save.layers, sources, merged.root)
-            return _rootfs(con, save.layers, kept, lambda ref, root: _walk_layer(area, ref, side_dir, root, kept))
+            with contextlib.closing(Ahead(area, save.layers, kept)) as ahead:
+                if views:
+                    merged = Views(con, SCHEMA)
+                    sources = [_walk_layer(area, ref, side_dir, merged, kept, ahead.walk(ref)) for ref in save.layers]
+                    kept.remember_blobs(save.layers)
+                    return _write_layers(con, save.layers, sources, merged.root)
+                return _rootfs(con, save.layers, kept,
+                               lambda ref, root: _walk_layer(area, ref, side_dir, root, kept, ahead.walk(ref)))
         finally:
             con.close()
 
@@ -125,32 +125,55 @@ def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, 
     return staged.name_side(side_dir, ref.diff_id) if staged.side is not None else ""
 
 
-def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | Views, walks: Walks) -> str:
-    """Merge the layer's tar from its kept walk, or walked where it is and its walk kept; the side file it is
-    in, if any."""
+def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | Views, walks: Walks,
+                begun: Walk | None = None) -> str:
+    """Merge the layer's tar walked as `begun`, or from its kept walk, or walked where it is and its walk kept;
+    the side file it is in, if any."""
     source = _inflate(area, ref, side_dir) if ref.compression else ""
-    kept = walks.kept(ref.diff_id)
+    kept = walks.kept(ref.diff_id) if begun is None else None
     if kept is not None:
         merge.apply(kept.walk, lambda: kept.whiteouts)
     elif not source:
-        _walk_into(merge, walks, ref.diff_id, area, ref.offset, ref.offset + ref.size)
+        _walk_into(merge, walks, ref.diff_id, begun or Walk(area, ref.offset, ref.offset + ref.size))
     else:
         with open(side_dir / source, "rb") as side:
             side_area = Window(side.fileno(), SPAN)
-            _walk_into(merge, walks, ref.diff_id, side_area, 0, len(side_area))
+            _walk_into(merge, walks, ref.diff_id, Walk(side_area, 0, len(side_area)))
     return source
 
 
-def _walk_into(merge: RootMerge | Views, walks: Walks, diff_id: str, area: Window, start: int, end: int) -> None:
-    """Merge the tar in `area[start:end]`, walked, its walk kept under `diff_id`; whiteouts looked for only if
-    it may hold some."""
-    merge.apply(walks.keeping(diff_id, partial(walk, area, start, end)), partial(_may_hide, area, start, end))
+def _walk_into(merge: RootMerge | Views, walks: Walks, diff_id: str, walk: Walk) -> None:
+    """Merge the layer `walk` walks, its walk kept under `diff_id`."""
+    try:
+        merge.apply(walks.keeping(diff_id, walk.batches), walk.whiteouts)
+    finally:
+        walk.close()
 
 
-def _may_hide(area: Window, start: int, end: int) -> bool:
-    """Can the tar in `area[start:end]` hold a whiteout? Not if `.wh.` is nowhere in it, however its names are
-    written (a C-speed scan, several times faster than a walk)."""
-    return any(WHITEOUT in area[at : min(end, at + SPAN + len(WHITEOUT) - 1)] for at in range(start, end, SPAN))
+class Ahead:
+    """The walk of each layer a whole save's build will walk where it is (a plain tar with no kept walk) begun as
+    the layer below it is merged: while that merge writes, the next layer is looked through for whiteouts and
+    its first batches walked on the other core."""
+
+    def __init__(self, area: Window, layers: list[LayerRef], walks: Walks) -> None:
+        self.area, self.layers, self.walks = area, layers, walks
+        self.at = 0  # the layer merged next
+        self.begun: Walk | None = None  # its walk, begun
+
+    def walk(self, ref: LayerRef) -> Walk | None:
+        """The walk begun for `ref`, the next layer merged, if one was; the walk of the one after it begun."""
+        assert ref is self.layers[self.at], "layers merged in their order"
+        mine, self.begun = self.begun, None
+        self.at += 1
+        after = self.layers[self.at] if self.at < len(self.layers) else None
+        if after is not None and not after.compression and not self.walks.has(after.diff_id):
+            self.begun = Walk(self.area, after.offset, after.offset + after.size, ahead=True)
+        return mine
+
+    def close(self) -> None:
+        """A walk begun that no merge took (the build failed)."""
+        if self.begun is not None:
+            self.begun.close()
 
 
 def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:

@@ -20,10 +20,11 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from .members import BadArchive, Buffer, Raw, entries
+from .members import SPAN, BadArchive, Buffer, Raw, entries
+from .merge import WHITEOUT
 
 BATCH = 2048  # members a frame holds
-_FRAME = struct.Struct("<cI")  # kind (D: members, E: the walk's error, Z: the end), length
+_FRAME = struct.Struct("<cI")  # kind (W: may it hide, D: members, E: the walk's error, Z: the end), length
 PIPE_SIZE = 1 << 20  # the default most kernels allow an unprivileged process
 MIN_FORKED = 8 << 20  # a smaller layer is walked in the builder: a fork would cost more than it saves
 
@@ -38,43 +39,84 @@ class Batch(list[Raw]):
         self.frame = frame
 
 
-def walk(buf: Buffer, start: int, end: int) -> Iterator[list[Raw]]:
-    """`members.entries(buf, start, end)` in batches, from a child process when the layer is big enough to gain."""
-    if end - start < MIN_FORKED:
-        yield list(entries(buf, start, end))
-        return
-    read, write = os.pipe()
-    with contextlib.suppress(OSError):  # a deeper pipe lets the walk run ahead of the merge, not in step with it
-        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        os.close(read)
-        _child(buf, start, end, write)
-    os.close(write)
-    finished = False
-    try:
-        with os.fdopen(read, "rb", buffering=1 << 20) as frames:
-            while not finished:
-                kind, body = _receive(frames)
-                if kind == b"D":
-                    yield Batch(marshal.loads(body), body)
-                elif kind == b"E":
-                    raise BadArchive(body.decode(errors="replace"))
-                elif kind == b"Z":
-                    finished = True
-                else:
-                    raise RuntimeError(f"the member walk of bytes {start}-{end} ended without a word")
-    finally:
-        if not finished:  # the merge stopped early, or the child broke
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+class Walk:
+    """The member walk of the tar in `buf[start:end]`, begun when made: a big layer's in a child. One begun
+    `ahead`, while the layer below is merged, is first looked through for whiteouts (`may_hide`) there, so
+    that the merge finds that answer and the first batches ready. `whiteouts()` if the merge needs it, then
+    `batches()` once; `close()` in any case."""
+
+    def __init__(self, buf: Buffer, start: int, end: int, ahead: bool = False) -> None:
+        self.buf, self.start, self.end = buf, start, end
+        self.pid, self.finished = 0, False
+        self.frames: IO[bytes] | None = None
+        self.hides: bool | None = None
+        self.told = False  # the child's first frame says whether the layer may hold whiteouts
+        if end - start < MIN_FORKED:
+            return  # walked in the builder when asked: a fork would cost more than it saves
+        self.told = ahead
+        read, write = os.pipe()
+        with contextlib.suppress(OSError):  # a deeper pipe lets the walk run ahead of the merge, not in step with it
+            fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns
+            os.close(read)
+            _child(buf, start, end, write, ahead)
+        os.close(write)
+        self.frames = os.fdopen(read, "rb", buffering=1 << 20)
+
+    def whiteouts(self) -> bool:
+        """Can the layer hold a whiteout? (Not if `.wh.` is nowhere in its bytes.)"""
+        if self.hides is None:
+            self.hides = self._next() == b"1" if self.told else may_hide(self.buf, self.start, self.end)
+        return self.hides
+
+    def batches(self) -> Iterator[list[Raw]]:
+        if self.frames is None:
+            yield list(entries(self.buf, self.start, self.end))
+            return
+        if self.told:
+            self.whiteouts()  # the child's first frame
+        while not self.finished:
+            body = self._next()
+            if body is not None:
+                yield Batch(marshal.loads(body), body)
+
+    def _next(self) -> bytes | None:
+        """The next frame's body: the whiteout answer, members; None at the end."""
+        assert self.frames is not None
+        kind, body = _receive(self.frames)
+        if kind in (b"W", b"D"):
+            return body
+        if kind == b"E":
+            raise BadArchive(body.decode(errors="replace"))
+        if kind == b"Z":
+            self.finished = True
+            return None
+        raise RuntimeError(f"the member walk of bytes {self.start}-{self.end} ended without a word")
+
+    def close(self) -> None:
+        if self.frames is None:
+            return
+        self.frames.close()
+        if not self.finished:  # the merge stopped early, or the child broke
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.frames = None
 
 
-def _child(buf: Buffer, start: int, end: int, out: int) -> None:
+def may_hide(buf: Buffer, start: int, end: int) -> bool:
+    """Can the tar in `buf[start:end]` hold a whiteout? Not if `.wh.` is nowhere in it, however its names are
+    written (a C-speed scan, several times faster than a walk)."""
+    return any(WHITEOUT in buf[at : min(end, at + SPAN + len(WHITEOUT) - 1)] for at in range(start, end, SPAN))
+
+
+def _child(buf: Buffer, start: int, end: int, out: int, scan: bool) -> None:
     status = 0
     try:
         with os.fdopen(out, "wb", buffering=1 << 20) as frames:
             try:
+                if scan:
+                    _send(frames, b"W", b"1" if may_hide(buf, start, end) else b"0")
                 walk = entries(buf, start, end)
                 while batch := list(itertools.islice(walk, BATCH)):
                     _send(frames, b"D", marshal.dumps(batch))

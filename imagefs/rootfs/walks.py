@@ -174,6 +174,10 @@ class Walks:
         self.held: list[Kept | Keeper] = []
         self.told: list[str] = []
 
+    def has(self, diff_id: str) -> bool:
+        """Is a walk of the layer kept (whole or not: `kept` tells)?"""
+        return (self.directory / name(diff_id)).exists()
+
     def kept(self, diff_id: str) -> Kept | None:
         """The layer's whole kept walk, held open for this build (a trim may remove its name meanwhile)."""
         kept = open_kept(self.directory, diff_id)
