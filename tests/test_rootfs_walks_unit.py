@@ -208,6 +208,18 @@ def test_a_compressed_layer_two_saves_share_is_inflated_and_walked_once(compress
     assert not inflated.exists() and not record.exists() and not (shared / walks.name(BASE_ID)).exists()
 
 
+def test_an_inflated_layer_that_is_a_link_is_never_followed(tmp_path: Path) -> None:
+    image = save([BASE, TOP_B], layout="oci", compress="gzip")
+    expected, _ = indexed(image, tmp_path)
+    inflated = tmp_path / f"{BASE_ID[7:]}.tar"
+    inflated.rename(tmp_path / "elsewhere")
+    inflated.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / walks.name(BASE_ID)).unlink()  # so that the layer is walked where it is: in its side file
+    assert indexed(image, tmp_path)[0] == expected
+    assert not inflated.is_symlink() and inflated.read_bytes() == BASE
+    assert (tmp_path / "elsewhere").read_bytes() == BASE
+
+
 def test_a_kept_walk_that_is_a_link_is_never_followed(tmp_path: Path) -> None:
     indexed(save([BASE, TOP_B]), tmp_path)
     kept = tmp_path / walks.name(BASE_ID)

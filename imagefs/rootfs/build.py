@@ -28,6 +28,7 @@ import gc
 import os
 import resource
 import sqlite3
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -136,7 +137,8 @@ def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | 
     elif not source:
         _walk_into(merge, walks, ref.diff_id, begun or Walk(area, ref.offset, ref.offset + ref.size))
     else:
-        with open(side_dir / source, "rb") as side:
+        # never through a link: the cache directory is the mounting user's, the daemon may be root
+        with os.fdopen(os.open(side_dir / source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as side:
             side_area = Window(side.fileno(), SPAN)
             _walk_into(merge, walks, ref.diff_id, Walk(side_area, 0, len(side_area)))
     return source
@@ -179,8 +181,9 @@ class Ahead:
 def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
     """A compressed layer's tar, inflated once into a file named by its diff ID (shared by every image)."""
     name = side_name(ref.diff_id)
-    if (side_dir / name).exists():
-        return name
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.lstat(side_dir / name).st_mode):  # a link is not it: inflated again, in its place
+            return name
     out = part_file(side_dir, f".{name}.")
     try:
         inflater = INFLATERS[ref.compression](area, ref.offset, ref.offset + ref.size, ref.member, out)
