@@ -2,10 +2,12 @@
 
 Least recently used first (an index's mtime is when a mount last opened it); an
 index open in this mount stays, and an inflated layer, a layer's kept walk or
-its blob's diff ID goes only with the last index that has the layer (one no index has, left
-by a build that failed, goes once the indexes alone do not bring the directory
-under its bound). A part file a builder left when it was killed (its pid is
-gone) goes at the next trim. Another daemon that has an index open keeps its descriptor,
+its blob's diff ID goes only with the last index that has the layer. A kept walk
+or a blob's diff ID no index has (left by a build that failed) goes once the
+indexes alone do not bring the directory under its bound; an inflated layer no
+index has stays, since a build still running may be about to name it in its
+index, and serves the next build with that layer. A part file a builder left
+when it was killed (its pid is gone) goes at the next trim. Another daemon that has an index open keeps its descriptor,
 and a later open there builds the index again.
 """
 
