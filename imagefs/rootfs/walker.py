@@ -5,6 +5,11 @@ process the two add up, across a pipe they overlap. The child walks
 (`members.entries`, every check made there) and sends the members in batches
 `marshal` encodes and decodes at C speed; the builder merges them as they come.
 A walk the child finds broken ends with its `BadArchive` text, raised here.
+
+Whiteouts are merged before the rest of their layer, so a merge must know first
+whether a layer may hold any: a scan of its bytes for `.wh.`. A walk begun ahead,
+while the builder still merges the layer below, has its child scan first and
+send the answer as its first frame (W), before the members (D) and the end (Z).
 """
 
 from __future__ import annotations
@@ -41,58 +46,64 @@ class Batch(list[Raw]):
 
 class Walk:
     """The member walk of the tar in `buf[start:end]`, begun when made: a big layer's in a child. One begun
-    `ahead`, while the layer below is merged, is first looked through for whiteouts (`may_hide`) there, so
+    `ahead`, while the layer below is merged, is first looked through for whiteouts (`_may_hide`) there, so
     that the merge finds that answer and the first batches ready. `whiteouts()` if the merge needs it, then
     `batches()` once; `close()` in any case."""
 
     def __init__(self, buf: Buffer, start: int, end: int, ahead: bool = False) -> None:
         self.buf, self.start, self.end = buf, start, end
-        self.pid, self.finished = 0, False
+        self.pid, self.started, self.finished = 0, False, False
         self.frames: IO[bytes] | None = None
         self.hides: bool | None = None
-        self.told = False  # the child's first frame says whether the layer may hold whiteouts
+        self.scans_first = False  # the child's first frame says whether the layer may hold whiteouts
         if end - start < MIN_FORKED:
             return  # walked in the builder when asked: a fork would cost more than it saves
-        self.told = ahead
         read, write = os.pipe()
-        with contextlib.suppress(OSError):  # a deeper pipe lets the walk run ahead of the merge, not in step with it
-            fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        self.pid = os.fork()
+        try:
+            with contextlib.suppress(OSError):  # a deeper pipe lets the walk run ahead of the merge
+                fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            self.pid = os.fork()
+        except BaseException:
+            os.close(read)
+            os.close(write)
+            raise
         if self.pid == 0:  # the child: never returns
             os.close(read)
             _child(buf, start, end, write, ahead)
         os.close(write)
         self.frames = os.fdopen(read, "rb", buffering=1 << 20)
+        self.scans_first = ahead
 
     def whiteouts(self) -> bool:
         """Can the layer hold a whiteout? (Not if `.wh.` is nowhere in its bytes.)"""
         if self.hides is None:
-            self.hides = self._next() == b"1" if self.told else may_hide(self.buf, self.start, self.end)
+            self.hides = self._next(b"W") == b"1" if self.scans_first else _may_hide(self.buf, self.start, self.end)
         return self.hides
 
     def batches(self) -> Iterator[list[Raw]]:
+        """The members, once: a child's walk cannot be begun again."""
+        assert not self.started, "a walk's batches are read once"
+        self.started = True
         if self.frames is None:
             yield list(entries(self.buf, self.start, self.end))
             return
-        if self.told:
+        if self.scans_first:
             self.whiteouts()  # the child's first frame
-        while not self.finished:
-            body = self._next()
-            if body is not None:
-                yield Batch(marshal.loads(body), body)
+        while (body := self._next(b"D")) is not None:
+            yield Batch(marshal.loads(body), body)
 
-    def _next(self) -> bytes | None:
-        """The next frame's body: the whiteout answer, members; None at the end."""
+    def _next(self, kind: bytes) -> bytes | None:
+        """The next frame's body, which must be of `kind` (W: the whiteout answer; D: members, None at the end)."""
         assert self.frames is not None
-        kind, body = _receive(self.frames)
-        if kind in (b"W", b"D"):
+        got, body = _receive(self.frames)
+        if got == kind:
             return body
-        if kind == b"E":
+        if got == b"E":
             raise BadArchive(body.decode(errors="replace"))
-        if kind == b"Z":
+        if got == b"Z" and kind == b"D":
             self.finished = True
             return None
-        raise RuntimeError(f"the member walk of bytes {self.start}-{self.end} ended without a word")
+        raise RuntimeError(f"the member walk of bytes {self.start}-{self.end} sent {got!r}, not {kind!r}")
 
     def close(self) -> None:
         if self.frames is None:
@@ -104,7 +115,7 @@ class Walk:
         self.frames = None
 
 
-def may_hide(buf: Buffer, start: int, end: int) -> bool:
+def _may_hide(buf: Buffer, start: int, end: int) -> bool:
     """Can the tar in `buf[start:end]` hold a whiteout? Not if `.wh.` is nowhere in it, however its names are
     written (a C-speed scan, several times faster than a walk)."""
     return any(WHITEOUT in buf[at : min(end, at + SPAN + len(WHITEOUT) - 1)] for at in range(start, end, SPAN))
@@ -116,7 +127,7 @@ def _child(buf: Buffer, start: int, end: int, out: int, scan: bool) -> None:
         with os.fdopen(out, "wb", buffering=1 << 20) as frames:
             try:
                 if scan:
-                    _send(frames, b"W", b"1" if may_hide(buf, start, end) else b"0")
+                    _send(frames, b"W", b"1" if _may_hide(buf, start, end) else b"0")
                 walk = entries(buf, start, end)
                 while batch := list(itertools.islice(walk, BATCH)):
                     _send(frames, b"D", marshal.dumps(batch))
