@@ -82,6 +82,33 @@ def test_a_walk_from_a_forked_walker_is_kept_as_its_frames_came(monkeypatch: pyt
     assert got == expected[1]
 
 
+@pytest.mark.parametrize("views", [False, True])
+def test_a_build_that_fails_leaves_no_walker_nor_descriptor(views: bool, monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    """A layer whose walk breaks fails the build; its walker, and the next layer's begun ahead, are reaped."""
+    broken = bytearray(TOP_B)
+    broken[148:156] = bytes(8)  # the first header's checksum
+    pids: list[int] = []
+    fork = os.fork
+
+    def forked() -> int:
+        pid = fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(walker, "MIN_FORKED", 0)
+    monkeypatch.setattr(os, "fork", forked)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(BadArchive, match="checksum"):
+        indexed(save([BASE, bytes(broken), TOP_A]), tmp_path, views=views)
+    assert len(pids) == 3  # each layer's walk: the broken one and the one after it begun ahead
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # reaped
+            os.waitpid(pid, os.WNOHANG)
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
 @pytest.mark.parametrize("layout", ["legacy", "oci", "podman"])
 def test_a_save_followed_skips_the_walks_its_names_say_are_kept(layout: str, tmp_path: Path) -> None:
     """A member's name gives its diff ID in the OCI and podman layouts; a legacy one's v1 ID, once recorded."""

@@ -161,6 +161,7 @@ class Ahead:
         self.area, self.layers, self.walks = area, layers, walks
         self.at = 0  # the layer merged next
         self.begun: Walk | None = None  # its walk, begun
+        self.made: list[Walk] = []  # every walk begun, closed at the end whatever became of it
 
     def walk(self, ref: LayerRef) -> Walk | None:
         """The walk begun for `ref`, the next layer merged, if one was; the walk of the one after it begun."""
@@ -170,12 +171,13 @@ class Ahead:
         after = self.layers[self.at] if self.at < len(self.layers) else None
         if after is not None and not after.compression and not self.walks.has(after.diff_id):
             self.begun = Walk(self.area, after.offset, after.offset + after.size, ahead=True)
+            self.made.append(self.begun)
         return mine
 
     def close(self) -> None:
-        """A walk begun that no merge took (the build failed)."""
-        if self.begun is not None:
-            self.begun.close()
+        """The walks no merge took (the build failed); closing one a merge took again does nothing."""
+        for walk in self.made:
+            walk.close()
 
 
 def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
