@@ -100,8 +100,7 @@ def bench_rootfs(bench: Bench, report: Report) -> None:
         log(f"rootfs round {r + 1}: raw ImageGet, first cat through a fresh mount, docker create+export+cat, "
             "first export.tar with and without indexing")
         bench.umount()
-        run([*get, "-o", "/dev/null"], env=bench.env)
-        os.sync()
+        settle(bench, get)
         raw.values.append(timed([*get, "-o", "/dev/null"], bench.env))
         bench.mount()
         first.values.append(timed(["cat", str(bench.path(ROOTFS_REF, "rootfs", SMALL))]))

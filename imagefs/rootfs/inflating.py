@@ -4,9 +4,11 @@ The containerd image store saves layers as they were pulled, gzip or zstd.
 Following such a save (`follow`), the layer's bytes are inflated as they land in
 the spool — gzip by `zlib`, member after member as gzip readers do, zstd by the
 `zstd -d` process fed as they arrive, its output straight into the side file —
-and the walk reads the side file as it grows: a read of inflated bytes not there yet feeds the inflater more of the
-save, waiting for the spool where it must. A stream that is cut or is not what
-its magic says is `BadArchive` for that member. The side file is named by the
+and the walk reads the side file as it grows: a read of inflated bytes not there
+yet feeds the inflater more of the save, waiting for the spool where it must. A
+stream that is cut or is not what its magic says is `BadArchive` for that
+member, and so is anything but another gzip member after one: zeros too, which
+Go's gzip reader, the one the engines unpack layers with, refuses. The side file is named by the
 layer's diff ID once the manifest gives it (`side_name`); `build._inflate`
 inflates a whole save's layer the same way.
 
@@ -73,7 +75,7 @@ class Gunzip(Inflating):
             if not data:
                 self.final = True
                 return
-            self.inflater = zlib.decompressobj(wbits=31)  # anything but a gzip member is its error
+            self.inflater = zlib.decompressobj(wbits=31)  # zeros or junk there fail its header check
         else:
             data = self.inflater.unconsumed_tail or (self._input() if self.at < self.end else b"")
         try:
