@@ -307,5 +307,12 @@ def test_a_compressed_layer_reads_as_the_engine_flattens_it(matrix_engine: Engin
             bottom = m / ref / "layers" / sorted(os.listdir(m / ref / "layers"))[0]
             assert hashlib.sha256((bottom / "files/srv/big").read_bytes()).digest() == hashlib.sha256(big).digest()
             assert json.loads((bottom / "layer.json").read_text())["compression"] == codec
+        # A trim after another build can remove an inflated layer that a build running then found and named in
+        # its index: a read finds it gone, and the image is indexed (the layer inflated) again.
+        side = m.cache_dir / "rootfs" / f"{hashlib.sha256(layers[1]).hexdigest()}.tar"
+        side.unlink()
+        with mounted(engine, tmp, expect=[r"inflated layer .* is gone"]) as m:
+            assert (m / ref / "rootfs/srv/small").read_bytes() == b"zstd\n"
+        assert side.read_bytes() == layers[1]
     finally:
         engine.docker("rmi", ref, check=False)

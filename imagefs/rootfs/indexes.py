@@ -175,14 +175,37 @@ class Indexes:
 
     async def data(self, image_id: str, target: str, layer: int) -> Source:
         """Where the bytes of `layer` are: its inflated side file, or its place in the export of `target`."""
-        info = (await self.index(image_id, target)).layers[layer]
+        ix = await self.index(image_id, target)
+        info = ix.layers[layer]
         if info.source:
-            try:
-                fd = await trio.to_thread.run_sync(os.open, self.directory / info.source, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError as exc:
-                raise SpoolError.of(exc, f"the inflated layer {info.source}") from None
+            fd = await self._side_file(info.source, missing_ok=True)
+            if fd < 0:
+                # A trim after another build removed it with an index it evicted while this one was built (which
+                # had found it there): the image is indexed again, which inflates the layer again.
+                log.warning("the inflated layer %s of image %s is gone; indexing the image again", info.source,
+                            image_id[:12])
+                await self._drop(image_id, ix)
+                fd = await self._side_file((await self.index(image_id, target)).layers[layer].source, False)
             return Source(self, None, fd, 0)
         return await self._by_id_if_moved(image_id, target, partial(self._source, image_id, layer, info.diff_id))
+
+    async def _side_file(self, source: str, missing_ok: bool) -> int:
+        """An inflated layer, opened; -1 for one that is not there, if that is `missing_ok`."""
+        try:
+            return await trio.to_thread.run_sync(os.open, self.directory / source, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if missing_ok and isinstance(exc, FileNotFoundError):
+                return -1
+            raise SpoolError.of(exc, f"the inflated layer {source}") from None
+
+    async def _drop(self, image_id: str, ix: Index) -> None:
+        """The image's rootfs index `ix` forgotten and its file removed, unless another has replaced it meanwhile
+        (its readers go on with it)."""
+        key = (image_id, False)
+        if key not in self._building and self._open.get(key) in (ix, None):
+            self._open.pop(key, None)
+            with contextlib.suppress(FileNotFoundError):
+                await trio.to_thread.run_sync(os.unlink, self._path(image_id, False))
 
     async def _source(self, image_id: str, layer: int, layer_diff_id: str, target: str) -> Source:
         export = await self.exports.open(self.exports.for_image(image_id, target))
