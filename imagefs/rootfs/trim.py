@@ -6,7 +6,9 @@ its blob's diff ID goes only with the last index that has the layer. A kept walk
 or a blob's diff ID no index has (left by a build that failed) goes once the
 indexes alone do not bring the directory under its bound; an inflated layer no
 index has stays, since a build still running may be about to name it in its
-index, and serves the next build with that layer. A part file a builder left
+index, and serves the next build with that layer. (One that went with an evicted
+index while a build that had found it ran is inflated again by the first read
+that misses it: `indexes`.) A part file a builder left
 when it was killed (its pid is gone) goes at the next trim. Another daemon that
 has an index open keeps its descriptor, and a later open there builds the index
 again.
