@@ -72,8 +72,12 @@ class RootMerge:
         self.on_link: Callable[[Raw, Attrs | None], None] | None = None
         self.on_gone: Callable[[list[tuple[Row, Path]]], None] | None = None
         self.made: dict[int, int] | None = None  # the layer's new inodes but files' and directories': their offsets
+        # What this layer removed: `_remove`'s (each removal's top, and every path under it); and the lower rows
+        # files of this layer were written over (`replaced`: a file has nothing under it, and its path is one no
+        # `_remove` of this layer files, as a file of this layer is there or was, so the two never share a key)
         con.executescript(f"CREATE TEMP TABLE removed(top BLOB, path BLOB, {ATTRS}, PRIMARY KEY(top, path)) "
-                          "WITHOUT ROWID;" + _OVER)
+                          f"WITHOUT ROWID; CREATE TEMP TABLE replaced(path BLOB PRIMARY KEY, {ATTRS}) WITHOUT ROWID;"
+                          + _OVER)
 
     def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool],
               merged: Callable[[list[Raw]], None] | None = None) -> None:
@@ -86,6 +90,7 @@ class RootMerge:
         self.tree.moved()
         self.deleted, self.touched = set(), {}
         self.con.execute("DELETE FROM removed")
+        self.con.execute("DELETE FROM replaced")
         if self.n > 0 and whiteouts():  # the lowest layer's hide nothing
             for m in itertools.chain.from_iterable(walk()):
                 path = components(m[0])
@@ -146,8 +151,8 @@ class RootMerge:
         self.named.update(parents)
         con.execute(f"INSERT INTO chg SELECT o.wrote, {_OVER_PATH}, o.letter FROM {_OVER_JOIN} "
                     "WHERE o.wrote >= 0 AND o.wrote != ?", (n,))
-        con.execute(f"INSERT OR IGNORE INTO removed SELECT {_OVER_PATH}, {_OVER_PATH}, "
-                    f"{', '.join(f'o.{a}' for a in ATTRS.split(', '))} FROM {_OVER_JOIN} WHERE o.wrote != ?", (n,))
+        con.execute(f"INSERT INTO replaced SELECT {_OVER_PATH}, {', '.join(f'o.{a}' for a in ATTRS.split(', '))} "
+                    f"FROM {_OVER_JOIN} WHERE o.wrote != ?", (n,))
         for layer, size, lower in con.execute(
                 f"SELECT layer, sum(CASE WHEN kind = {REGULAR} THEN size ELSE 0 END), sum(wrote != ?) FROM over "
                 "GROUP BY layer", (n,)):
@@ -284,12 +289,14 @@ class RootMerge:
     def _removed(self, path: Path) -> Attrs | None:
         """What this layer removed at `path`, as `merge` finds it: in the deepest of its removals (the first at
         each path, with all below it) at `path` or above it that holds it."""
+        whole = b"/".join(path)
+        found = self.con.execute(f"SELECT {ATTRS} FROM replaced WHERE path = ?", (whole,)).fetchone()
         for depth in range(len(path), 0, -1):
-            found = self.con.execute(f"SELECT {ATTRS} FROM removed WHERE top = ? AND path = ?",
-                                     (b"/".join(path[:depth]), b"/".join(path))).fetchone()
             if found is not None:
                 return found  # type: ignore[no-any-return]
-        return None
+            found = self.con.execute(f"SELECT {ATTRS} FROM removed WHERE top = ? AND path = ?",
+                                     (b"/".join(path[:depth]), whole)).fetchone()
+        return found  # type: ignore[no-any-return]
 
     def _whiteout(self, path: Path) -> None:
         found = self.tree.resolve(path[:-1], create=False)
