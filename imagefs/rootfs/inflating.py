@@ -8,9 +8,9 @@ and the walk reads the side file as it grows: a read of inflated bytes not there
 yet feeds the inflater more of the save, waiting for the spool where it must. A
 stream that is cut or is not what its magic says is `BadArchive` for that
 member, and so is anything but another gzip member after one: zeros too, which
-Go's gzip reader, the one the engines unpack layers with, refuses. The side file is named by the
-layer's diff ID once the manifest gives it (`side_name`); `build._inflate`
-inflates a whole save's layer the same way.
+Go's gzip reader, the one the engines unpack layers with, refuses. The side
+file is named by the layer's diff ID once the manifest gives it (`side_name`);
+`build._inflate` inflates a whole save's layer the same way.
 
 No zstd module is in the standard library before Python 3.14, and the `zstd`
 command (Debian's package `zstd`, which `scripts/setup.sh` installs) inflates at
