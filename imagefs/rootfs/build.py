@@ -69,7 +69,7 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: 
     written."""
     with contextlib.closing(walks or Walks(side_dir)) as kept:
         if lengths is not None:
-            return _build_following(Growing(save_fd, lengths), db, side_dir, kept)
+            return _build_following(Growing(save_fd, lengths), db, kept)
         area = Window(save_fd, SPAN)
         save = read_save(area)
         con = _create(db)
@@ -77,16 +77,15 @@ def build(save_fd: int, db: Path, side_dir: Path, views: bool = False, lengths: 
             with contextlib.closing(Ahead(area, save.layers, kept)) as ahead:
                 if views:
                     merged = Views(con, SCHEMA)
-                    sources = [_walk_layer(area, ref, side_dir, merged, kept, ahead.walk(ref)) for ref in save.layers]
-                    kept.remember_blobs(save.layers)
-                    return _write_layers(con, save.layers, sources, merged.root)
+                    sources = [_walk_layer(area, ref, merged, kept, ahead.walk(ref)) for ref in save.layers]
+                    return _write_layers(con, save.layers, sources, merged.root, kept)
                 return _rootfs(con, save.layers, kept,
-                               lambda ref, root: _walk_layer(area, ref, side_dir, root, kept, ahead.walk(ref)))
+                               lambda ref, root: _walk_layer(area, ref, root, kept, ahead.walk(ref)))
         finally:
             con.close()
 
 
-def _build_following(area: Growing, db: Path, side_dir: Path, walks: Walks) -> int:
+def _build_following(area: Growing, db: Path, walks: Walks) -> int:
     stage = Stage(area, walks)
     try:
         stage.run()
@@ -94,7 +93,7 @@ def _build_following(area: Growing, db: Path, side_dir: Path, walks: Walks) -> i
         con = _create(db)
         try:
             return _rootfs(con, save.layers, walks, lambda ref, root: _apply_staged(
-                area, ref, side_dir, root, walks, stage.staged.get(ref.offset)))
+                area, ref, root, walks, stage.staged.get(ref.offset)))
         finally:
             con.close()
     finally:
@@ -108,29 +107,26 @@ def _rootfs(con: sqlite3.Connection, layers: list[LayerRef], walks: Walks,
     root = RootMerge(con, ROOTFS)
     sources = [merge_layer(ref, root) for ref in layers]
     root.finish()
-    walks.remember_blobs(layers)
-    return _write_layers(con, layers, sources, root)
+    return _write_layers(con, layers, sources, root, walks)
 
 
-def _apply_staged(area: Window, ref: LayerRef, side_dir: Path, root: RootMerge, walks: Walks,
-                  staged: Staged | None) -> str:
+def _apply_staged(area: Window, ref: LayerRef, root: RootMerge, walks: Walks, staged: Staged | None) -> str:
     """A layer merged from its staged members (its walk then kept, its inflated tar named); one that was not
     staged (a compressed one too small to tell, one known by its name) or whose kept walk its name gave is not
     the manifest's layer, as when not following. The side file it is in, if any."""
     if staged is None or (ref.compression and staged.side is None) or staged.diff_id not in ("", ref.diff_id):
-        return _walk_layer(area, ref, side_dir, root, walks)
+        return _walk_layer(area, ref, root, walks)
     if staged.keeper is not None:
         staged.keeper.keep(ref.diff_id)
         walks.told.append(f"layer {ref.diff_id}: walked as it arrived")
     root.apply(staged.walk, lambda: staged.whiteouts)
-    return staged.name_side(side_dir, ref.diff_id) if staged.side is not None else ""
+    return staged.name_side(walks.directory, ref.diff_id) if staged.side is not None else ""
 
 
-def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | Views, walks: Walks,
-                begun: Walk | None = None) -> str:
+def _walk_layer(area: Window, ref: LayerRef, merge: RootMerge | Views, walks: Walks, begun: Walk | None = None) -> str:
     """Merge the layer's tar walked as `begun`, or from its kept walk, or walked where it is and its walk kept;
     the side file it is in, if any."""
-    source = _inflate(area, ref, side_dir) if ref.compression else ""
+    source = _inflate(area, ref, walks.directory) if ref.compression else ""
     kept = walks.kept(ref.diff_id) if begun is None else None
     if kept is not None:
         merge.apply(kept.walk, lambda: kept.whiteouts)
@@ -138,7 +134,7 @@ def _walk_layer(area: Window, ref: LayerRef, side_dir: Path, merge: RootMerge | 
         _walk_into(merge, walks, ref.diff_id, begun or Walk(area, ref.offset, ref.offset + ref.size))
     else:
         # never through a link: the cache directory is the mounting user's, the daemon may be root
-        with os.fdopen(os.open(side_dir / source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as side:
+        with os.fdopen(os.open(walks.directory / source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as side:
             side_area = Window(side.fileno(), SPAN)
             _walk_into(merge, walks, ref.diff_id, Walk(side_area, 0, len(side_area)))
     return source
@@ -207,7 +203,10 @@ def _create(db: Path) -> sqlite3.Connection:
     return con
 
 
-def _write_layers(con: sqlite3.Connection, refs: list[LayerRef], sources: list[str], root: RootMerge) -> int:
+def _write_layers(con: sqlite3.Connection, refs: list[LayerRef], sources: list[str], root: RootMerge,
+                  walks: Walks) -> int:
+    """The layer table, and beside it the blob records a later save followed names its layers by; the rows."""
+    walks.remember_blobs(refs)
     con.executemany("INSERT INTO main.layer VALUES (?,?,?,?,?,?,?,?,?)", [
         (n, ref.diff_id, ref.member, ref.compression, source, ref.size, ref.created_by, root.wasted[n], root.changed[n])
         for n, (ref, source) in enumerate(zip(refs, sources, strict=True))])
