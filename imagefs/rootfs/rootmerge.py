@@ -51,6 +51,11 @@ _OVER = f"""
     CREATE TEMP TABLE dirname(id INTEGER PRIMARY KEY, path BLOB);"""
 _OVER_PATH = "CAST(d.path || o.name AS BLOB)"
 _OVER_JOIN = "over o JOIN dirname d ON d.id = o.parent"
+# the letters of the lower rows written over, moved to `chg`; those rows as removals (`replaced`)
+_OVER_CHG = (f"INSERT INTO chg SELECT o.wrote, {_OVER_PATH}, o.letter FROM {_OVER_JOIN} "
+             "WHERE o.wrote >= 0 AND o.wrote != ?")
+_OVER_REPLACED = (f"INSERT INTO replaced SELECT {_OVER_PATH}, {', '.join(f'o.{a}' for a in ATTRS.split(', '))} "
+                  f"FROM {_OVER_JOIN} WHERE o.wrote != ?")
 
 
 class RootMerge:
@@ -149,10 +154,8 @@ class RootMerge:
         con.executemany("INSERT INTO dirname VALUES (?,?)",
                         [(p, b"".join(name + b"/" for name in self.tree.dirs[p].path)) for p in parents])
         self.named.update(parents)
-        con.execute(f"INSERT INTO chg SELECT o.wrote, {_OVER_PATH}, o.letter FROM {_OVER_JOIN} "
-                    "WHERE o.wrote >= 0 AND o.wrote != ?", (n,))
-        con.execute(f"INSERT INTO replaced SELECT {_OVER_PATH}, {', '.join(f'o.{a}' for a in ATTRS.split(', '))} "
-                    f"FROM {_OVER_JOIN} WHERE o.wrote != ?", (n,))
+        con.execute(_OVER_CHG, (n,))
+        con.execute(_OVER_REPLACED, (n,))
         for layer, size, lower in con.execute(
                 f"SELECT layer, sum(CASE WHEN kind = {REGULAR} THEN size ELSE 0 END), sum(wrote != ?) FROM over "
                 "GROUP BY layer", (n,)):
@@ -290,13 +293,14 @@ class RootMerge:
         """What this layer removed at `path`, as `merge` finds it: in the deepest of its removals (the first at
         each path, with all below it) at `path` or above it that holds it."""
         whole = b"/".join(path)
-        found = self.con.execute(f"SELECT {ATTRS} FROM replaced WHERE path = ?", (whole,)).fetchone()
-        for depth in range(len(path), 0, -1):
+        deepest_first = [(f"SELECT {ATTRS} FROM replaced WHERE path = ?", (whole,))] + [
+            (f"SELECT {ATTRS} FROM removed WHERE top = ? AND path = ?", (b"/".join(path[:depth]), whole))
+            for depth in range(len(path), 0, -1)]
+        for query, args in deepest_first:
+            found = self.con.execute(query, args).fetchone()
             if found is not None:
                 return found  # type: ignore[no-any-return]
-            found = self.con.execute(f"SELECT {ATTRS} FROM removed WHERE top = ? AND path = ?",
-                                     (b"/".join(path[:depth]), whole)).fetchone()
-        return found  # type: ignore[no-any-return]
+        return None
 
     def _whiteout(self, path: Path) -> None:
         found = self.tree.resolve(path[:-1], create=False)
