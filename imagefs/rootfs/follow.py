@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from ..references import is_image_id
 from ..tarcheck import BLOCK, checksum_problem
 from .arriving import ENDLESS, Growing
 from .inflating import INFLATERS, Inflating, side_name
 from .members import ZERO, BadArchive, Member, Raw, entries, members
 from .save import ZSTD, compression
 from .walker import BATCH
-from .walks import HEX, Keeper, Kept, Walks, name, part_file
+from .walks import Keeper, Kept, Walks, name, part_file
 
 
 @dataclass
@@ -149,9 +150,7 @@ def _named_diff_id(path: bytes) -> str:
         hexes = name.removesuffix(".tar")
     else:
         return ""
-    if len(hexes) == 64 and HEX.issuperset(hexes):
-        return f"sha256:{hexes}"
-    return ""
+    return f"sha256:{hexes}" if is_image_id(hexes) else ""
 
 
 def _looks_like_tar(header: bytes) -> bool:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NoReturn
 
+from ..references import is_image_id
 from .members import BadArchive, Raw, components
 from .merge import WHITEOUT
 from .save import LayerRef
@@ -43,7 +44,6 @@ from .walker import Batch
 WALK = 1  # the kept walk's own format: bumped when `members.entries` gives other tuples
 SUFFIX = f".walk{WALK}"
 BLOB = ".blob1"  # a compressed blob's diff ID, as the manifest of a save that held it said
-HEX = frozenset("0123456789abcdef")
 _TRAILER = struct.Struct("<8sQQQ?7x")  # magic, batches, members, payload bytes, holds whiteouts
 _MAGIC = b"ifswalk1"
 _FRAME = struct.Struct("<I")  # a batch's length, before its marshal bytes
@@ -66,7 +66,7 @@ def blob_name(member: str) -> str:
     other name."""
     path = member.removeprefix("./")
     hexes = path.removeprefix("blobs/sha256/") if path.startswith("blobs/") else path.removesuffix("/layer.tar")
-    return hexes + BLOB if hexes != path and len(hexes) == 64 and HEX.issuperset(hexes) else ""
+    return hexes + BLOB if hexes != path and is_image_id(hexes) else ""
 
 
 @dataclass
@@ -225,15 +225,15 @@ class Walks:
     def blob_diff_id(self, member: str) -> str:
         """The diff ID recorded for the layer a save's member is (`remember_blobs`), or ""."""
         record = blob_name(member)
-        try:
-            fd = os.open(self.directory / record, os.O_RDONLY | os.O_NOFOLLOW) if record else -1
-        except OSError:
+        if not record:
             return ""
-        if fd < 0:
+        try:
+            fd = os.open(self.directory / record, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
             return ""
         with os.fdopen(fd, "rb") as text:
             diff_id = text.read(80).decode("ascii", "replace")
-        return diff_id if diff_id.startswith("sha256:") and len(diff_id) == 71 and HEX.issuperset(diff_id[7:]) else ""
+        return diff_id if diff_id.startswith("sha256:") and is_image_id(diff_id[7:]) else ""
 
     def close(self) -> None:
         for held in self.held:
