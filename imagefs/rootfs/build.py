@@ -28,7 +28,6 @@ import gc
 import os
 import resource
 import sqlite3
-import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import IO
 
 from .arriving import Growing
 from .follow import Stage, Staged
-from .inflating import INFLATERS, side_name
+from .inflating import INFLATERS, regular, side_name
 from .members import SPAN, BadArchive, Window
 from .rootmerge import RootMerge
 from .save import LayerRef, read_save
@@ -179,9 +178,8 @@ class Ahead:
 def _inflate(area: Window, ref: LayerRef, side_dir: Path) -> str:
     """A compressed layer's tar, inflated once into a file named by its diff ID (shared by every image)."""
     name = side_name(ref.diff_id)
-    with contextlib.suppress(OSError):
-        if stat.S_ISREG(os.lstat(side_dir / name).st_mode):  # a link is not it: inflated again, in its place
-            return name
+    if regular(side_dir / name):
+        return name
     out = part_file(side_dir, f".{name}.")
     try:
         inflater = INFLATERS[ref.compression](area, ref.offset, ref.offset + ref.size, ref.member, out)

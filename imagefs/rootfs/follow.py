@@ -37,14 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..references import is_image_id
 from ..tarcheck import BLOCK, checksum_problem
 from .arriving import ENDLESS, Growing
-from .inflating import INFLATERS, Inflating, side_name
+from .inflating import INFLATERS, Inflating, regular, side_name
 from .members import ZERO, BadArchive, Member, Raw, entries, members
 from .save import ZSTD, compression
 from .walker import BATCH
-from .walks import Keeper, Kept, Walks, name, part_file
+from .walks import Keeper, Kept, Walks, named_digest, part_file
 
 
 @dataclass
@@ -71,7 +70,7 @@ class Staged:
         """The inflated tar, named by the layer's diff ID (unless another build named its own already)."""
         assert self.side is not None
         name = side_name(diff_id)
-        if not (directory / name).exists():
+        if not regular(directory / name):
             os.rename(self.side.name, directory / name)
         return name
 
@@ -101,7 +100,7 @@ class Stage:
     def _inflated_before(self, member: bytes) -> bool:
         """Is this compressed member a layer whose tar was inflated and walked before (`walks.remember_blobs`)?"""
         diff_id = self.walks.blob_diff_id(member.decode("ascii", "replace"))
-        return bool(diff_id) and all((self.walks.directory / n).exists() for n in (side_name(diff_id), name(diff_id)))
+        return bool(diff_id) and regular(self.walks.directory / side_name(diff_id)) and self.walks.has(diff_id)
 
     def _inflated(self, m: Member, how: type[Inflating]) -> Staged:
         side = part_file(self.walks.directory, ".inflated.")
@@ -143,14 +142,8 @@ def _named_diff_id(path: bytes) -> str:
     """The diff ID a member's name gives, where the layout names layers by it: OCI `blobs/sha256/<hex>` (the
     digest of the bytes as saved: the diff ID only of an uncompressed layer, and the caller saw a tar header)
     and podman's `<hex>.tar`."""
-    name = path.decode("ascii", "replace").removeprefix("./")
-    if name.startswith("blobs/sha256/"):
-        hexes = name.removeprefix("blobs/sha256/")
-    elif "/" not in name and name.endswith(".tar"):
-        hexes = name.removesuffix(".tar")
-    else:
-        return ""
-    return f"sha256:{hexes}" if is_image_id(hexes) else ""
+    layout, hexes = named_digest(path.decode("ascii", "replace"))
+    return f"sha256:{hexes}" if layout in ("oci", "podman") else ""
 
 
 def _looks_like_tar(header: bytes) -> bool:

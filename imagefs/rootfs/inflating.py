@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import zlib
+from pathlib import Path
 from typing import IO
 
 from .arriving import Arriving
@@ -37,6 +39,14 @@ OUT = 16 << 20  # most bytes one gzip step inflates (a layer of zeros inflates a
 def side_name(diff_id: str) -> str:
     """The inflated tar of a compressed layer, beside the indexes: one per diff ID, shared by every image."""
     return diff_id.removeprefix("sha256:") + ".tar"
+
+
+def regular(path: Path) -> bool:
+    """Is an inflated tar there? A link is not one (it is inflated again, in its place)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class Inflating(Arriving):
@@ -59,6 +69,9 @@ class Inflating(Arriving):
         """Stop inflating (the side file is its owner's)."""
 
     def _input(self) -> bytes:
+        """The next bytes of the compressed layer; b"" past its end."""
+        if self.at >= self.end:
+            return b""
         data = self.source.ahead(self.at, min(self.at + CHUNK, self.end))[: self.end - self.at]
         self.at += len(data)
         return data
@@ -71,13 +84,13 @@ class Gunzip(Inflating):
 
     def _hear(self) -> None:
         if self.inflater.eof:  # a gzip member ended: gzip readers go on to the next (eStargz writes one a file)
-            data = self.inflater.unused_data or (self._input() if self.at < self.end else b"")
+            data = self.inflater.unused_data or self._input()
             if not data:
                 self.final = True
                 return
             self.inflater = zlib.decompressobj(wbits=31)  # zeros or junk there fail its header check
         else:
-            data = self.inflater.unconsumed_tail or (self._input() if self.at < self.end else b"")
+            data = self.inflater.unconsumed_tail or self._input()
         try:
             out = self.inflater.decompress(data, OUT) if data else self.inflater.flush()
         except zlib.error as exc:

@@ -57,10 +57,10 @@ def trim(directory: Path, budget: int, keep: set[str]) -> list[str]:
             os.unlink(directory / name)
         held -= files.pop(name).st_size
         removed.append(name)
-    if freed or held > budget:
+    orphans = {name for name in files if name.endswith((walks.SUFFIX, walks.BLOB))} if held > budget else set()
+    if candidates := (freed | orphans) & set(files):  # else no index need be read
         needed = set().union(*(sources(directory / name) for name in files if name.endswith(INDEX)))
-        orphans = {name for name in files if name.endswith((walks.SUFFIX, walks.BLOB))} if held > budget else set()
-        for name in sorted((freed | orphans) & set(files) - needed):
+        for name in sorted(candidates - needed):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / name)
             removed.append(name)

@@ -60,13 +60,27 @@ def name(diff_id: str) -> str:
     return diff_id.removeprefix("sha256:") + SUFFIX
 
 
-def blob_name(member: str) -> str:
-    """Where the diff ID of the layer a save's member is gets recorded, for a member named by a digest of its
-    own: OCI `blobs/sha256/<hex>` (of the bytes as saved) or a legacy save's `<v1 id>/layer.tar`; "" for any
-    other name."""
+def named_digest(member: str) -> tuple[str, str]:
+    """The digest a save's member is named by, and by which layout: ("oci", hex) for `blobs/sha256/<hex>` (of the
+    bytes as saved), ("v1", hex) for a legacy save's `<v1 id>/layer.tar`, ("podman", hex) for podman's
+    `<diff ID hex>.tar`; ("", "") for any other name."""
     path = member.removeprefix("./")
-    hexes = path.removeprefix("blobs/sha256/") if path.startswith("blobs/") else path.removesuffix("/layer.tar")
-    return hexes + BLOB if hexes != path and is_image_id(hexes) else ""
+    if path.startswith("blobs/sha256/"):
+        layout, hexes = "oci", path.removeprefix("blobs/sha256/")
+    elif path.endswith("/layer.tar"):
+        layout, hexes = "v1", path.removesuffix("/layer.tar")
+    elif path.endswith(".tar") and "/" not in path:
+        layout, hexes = "podman", path.removesuffix(".tar")
+    else:
+        return "", ""
+    return (layout, hexes) if is_image_id(hexes) else ("", "")
+
+
+def blob_name(member: str) -> str:
+    """Where the diff ID of the layer a save's member is gets recorded, for a member named by a digest that is no
+    diff ID (OCI's, v1's); "" for any other name."""
+    layout, hexes = named_digest(member)
+    return hexes + BLOB if layout in ("oci", "v1") else ""
 
 
 @dataclass
@@ -133,7 +147,6 @@ class Keeper:
         self.file = part_file(directory, ".walk.")
         self.batches = self.members = 0
         self.whiteouts = False
-        self.kept: Kept | None = None
 
     def add(self, batch: list[Raw]) -> None:
         body = batch.frame if isinstance(batch, Batch) else marshal.dumps(batch)
@@ -150,12 +163,10 @@ class Keeper:
         payload = self.file.tell()
         self.file.write(_TRAILER.pack(_MAGIC, self.batches, self.members, payload, self.whiteouts))
         self.file.flush()
-        self.kept = Kept(self.file, Path(self.file.name), self.batches, self.members, payload, self.whiteouts)
-        return self.kept
+        return Kept(self.file, Path(self.file.name), self.batches, self.members, payload, self.whiteouts)
 
     def keep(self, diff_id: str) -> None:
-        """Name the whole walk by the layer's diff ID (once: the first build to finish it keeps it)."""
-        assert self.kept is not None
+        """Name the whole walk (`finish` first) by the layer's diff ID (once: the first build to finish it keeps it)."""
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.file.name, self.directory / name(diff_id))
 
@@ -216,11 +227,9 @@ class Walks:
         for ref in layers:
             record = blob_name(ref.member) if ref.compression or not ref.member.startswith("blobs/") else ""
             if record and not (self.directory / record).exists():
-                part = self.directory / f".{record}.{os.getpid()}.part"
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(ref.diff_id)
-                os.rename(part, self.directory / record)
+                with part_file(self.directory, f".{record}.") as out:
+                    out.write(ref.diff_id.encode())
+                os.rename(out.name, self.directory / record)
 
     def blob_diff_id(self, member: str) -> str:
         """The diff ID recorded for the layer a save's member is (`remember_blobs`), or ""."""
