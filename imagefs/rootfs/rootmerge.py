@@ -51,11 +51,12 @@ _OVER = f"""
     CREATE TEMP TABLE dirname(id INTEGER PRIMARY KEY, path BLOB);"""
 _OVER_PATH = "CAST(d.path || o.name AS BLOB)"
 _OVER_JOIN = "over o JOIN dirname d ON d.id = o.parent"
-# the letters of the lower rows written over, moved to `chg`; those rows as removals (`replaced`)
+# the letters of the lower rows the batch wrote over, moved to `chg`
 _OVER_CHG = (f"INSERT INTO chg SELECT o.wrote, {_OVER_PATH}, o.letter FROM {_OVER_JOIN} "
-             "WHERE o.wrote >= 0 AND o.wrote != ?")
-_OVER_REPLACED = (f"INSERT INTO replaced SELECT {_OVER_PATH}, {', '.join(f'o.{a}' for a in ATTRS.split(', '))} "
-                  f"FROM {_OVER_JOIN} WHERE o.wrote != ?")
+             "WHERE o.rowid > ? AND o.wrote >= 0 AND o.wrote != ?")
+# a lower row a file of this layer wrote over, by its path (the index made only when first asked)
+_REPLACED = (f"SELECT {', '.join(f'o.{a}' for a in ATTRS.split(', '))} FROM {_OVER_JOIN} "
+             "WHERE o.name = ? AND d.path = ? AND o.wrote != ?")
 
 
 class RootMerge:
@@ -78,11 +79,12 @@ class RootMerge:
         self.on_gone: Callable[[list[tuple[Row, Path]]], None] | None = None
         self.made: dict[int, int] | None = None  # the layer's new inodes but files' and directories': their offsets
         # What this layer removed: `_remove`'s (each removal's top, and every path under it); and the lower rows
-        # files of this layer were written over (`replaced`: a file has nothing under it, and its path is one no
-        # `_remove` of this layer files, as a file of this layer is there or was, so the two never share a key)
+        # files of this layer were written over, kept in `over` for the layer (rows past `seen` are the batch's
+        # to file; a file has nothing under it, and its path is one no `_remove` of this layer files, as a file
+        # of this layer is there or was, so the two never hold one path)
+        self.seen = 0
         con.executescript(f"CREATE TEMP TABLE removed(top BLOB, path BLOB, {ATTRS}, PRIMARY KEY(top, path)) "
-                          f"WITHOUT ROWID; CREATE TEMP TABLE replaced(path BLOB PRIMARY KEY, {ATTRS}) WITHOUT ROWID;"
-                          + _OVER)
+                          "WITHOUT ROWID;" + _OVER)
 
     def apply(self, walk: Callable[[], Iterator[list[Raw]]], whiteouts: Callable[[], bool],
               merged: Callable[[list[Raw]], None] | None = None) -> None:
@@ -95,7 +97,9 @@ class RootMerge:
         self.tree.moved()
         self.deleted, self.touched = set(), {}
         self.con.execute("DELETE FROM removed")
-        self.con.execute("DELETE FROM replaced")
+        self.con.execute("DELETE FROM over")
+        self.con.execute("DROP INDEX IF EXISTS temp.over_name")
+        self.seen = 0
         if self.n > 0 and whiteouts():  # the lowest layer's hide nothing
             for m in itertools.chain.from_iterable(walk()):
                 path = components(m[0])
@@ -137,28 +141,29 @@ class RootMerge:
             return
         assert self._insert is not None
         self._insert(self.con, rows)
-        (over,) = self.con.execute("SELECT count(*) FROM over").fetchone()
+        (top,) = self.con.execute("SELECT max(rowid) FROM over").fetchone()
+        over = (top or 0) - self.seen
         self.alive += len(rows) - over
         rows.clear()
         if over:
             self._file_over(self.n)
             if self.linked or self.with_xattrs or self.on_gone is not None:
                 self._count_over()
-            self.con.execute("DELETE FROM over")
+            self.seen = top
 
     def _file_over(self, n: int) -> None:
         """`_add`'s bookkeeping, in SQL, for the rows the batch wrote over (`over`, kept by the trigger): their
         letters (`chg`), the removals, the bytes wasted, and the lower layers' rows now rewritten."""
         con = self.con
-        parents = [p for (p,) in con.execute("SELECT DISTINCT parent FROM over") if p not in self.named]
+        parents = [p for (p,) in con.execute("SELECT DISTINCT parent FROM over WHERE rowid > ?", (self.seen,))
+                   if p not in self.named]
         con.executemany("INSERT INTO dirname VALUES (?,?)",
                         [(p, b"".join(name + b"/" for name in self.tree.dirs[p].path)) for p in parents])
         self.named.update(parents)
-        con.execute(_OVER_CHG, (n,))
-        con.execute(_OVER_REPLACED, (n,))
+        con.execute(_OVER_CHG, (self.seen, n))
         for layer, size, lower in con.execute(
                 f"SELECT layer, sum(CASE WHEN kind = {REGULAR} THEN size ELSE 0 END), sum(wrote != ?) FROM over "
-                "GROUP BY layer", (n,)):
+                "WHERE rowid > ? GROUP BY layer", (n, self.seen)):
             if layer >= 0:
                 self.wasted[layer] += size
             self.alive += lower
@@ -166,7 +171,7 @@ class RootMerge:
     def _count_over(self) -> None:
         """The rest of `_add`'s bookkeeping for those rows, in Python: hardlinks and extended attributes
         counted, and the layer views told."""
-        for old in self.con.execute(f"SELECT {FIELDS} FROM over").fetchall():
+        for old in self.con.execute(f"SELECT {FIELDS} FROM over WHERE rowid > ?", (self.seen,)).fetchall():
             self._count(old, -1)
             if self.on_gone is not None and old[15] != self.n:
                 self.on_gone([(old, (*self.tree.dirs[old[0]].path, old[1]))])
@@ -293,7 +298,8 @@ class RootMerge:
         """What this layer removed at `path`, as `merge` finds it: in the deepest of its removals (the first at
         each path, with all below it) at `path` or above it that holds it."""
         whole = b"/".join(path)
-        deepest_first = [(f"SELECT {ATTRS} FROM replaced WHERE path = ?", (whole,))] + [
+        self.con.execute("CREATE INDEX IF NOT EXISTS temp.over_name ON over(name)")
+        deepest_first = [(_REPLACED, (path[-1], b"".join(name + b"/" for name in path[:-1]), self.n))] + [
             (f"SELECT {ATTRS} FROM removed WHERE top = ? AND path = ?", (b"/".join(path[:depth]), whole))
             for depth in range(len(path), 0, -1)]
         for query, args in deepest_first:
