@@ -53,3 +53,17 @@ def test_lookup_counts_names_and_forget() -> None:
     assert inodes.forget(12345, 1)  # an inode never handed out: nothing else is touched
     assert not inodes.forget(pyfuse3.ROOT_INODE, 5)
     assert inodes.node(pyfuse3.ROOT_INODE).path == ()
+
+
+def test_an_inode_holds_its_node_until_forgotten_or_given_an_equal_one() -> None:
+    """What a kept readdirplus reply relies on to skip `add`: the very node still stands for its number."""
+    inodes = Inodes(Leaf(()))
+    listed = Leaf(("busybox:latest", "rootfs", "bin"))
+    ino = inodes.add(listed)
+    inodes.remember(ino, pyfuse3.ROOT_INODE, "bin")
+    assert inodes.holds(ino, listed)
+    looked_up = Leaf(("busybox:latest", "rootfs", "bin"))  # equal content, reached again
+    assert inodes.add(looked_up) == ino
+    assert not inodes.holds(ino, listed) and inodes.holds(ino, looked_up)
+    assert inodes.forget(ino, 1)
+    assert not inodes.holds(ino, looked_up)

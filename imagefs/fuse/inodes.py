@@ -38,6 +38,10 @@ class Inodes:
         self._node[ino] = node
         return ino
 
+    def holds(self, ino: int, node: Node) -> bool:
+        """Is `ino` this very node's (as `add` made it, and nothing added an equal node since)?"""
+        return self._node.get(ino) is node
+
     def node(self, ino: int) -> Node:
         try:
             return self._node[ino]

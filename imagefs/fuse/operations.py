@@ -122,11 +122,8 @@ class Operations(pyfuse3.Operations):
         return self._attributes(self.inodes.add(node), await node.listing_stat(), node.immutable, fixed_name)
 
     async def _listed(self, listing: OpenDir, i: int) -> tuple[bytes, pyfuse3.EntryAttributes]:
-        """Entry `i`'s readdirplus reply: an immutable directory's is kept, for as long as its inode is."""
-        reply = listing.replies[i] if listing.fixed is not None else None
+        """Entry `i`'s readdirplus reply, made: an immutable directory's is kept, for as long as its inode is."""
         name, node = listing.entries[i]
-        if reply is not None and self.inodes.add(node) == reply[1].st_ino:  # the number the reply gave, still
-            return reply
         reply = (os.fsencode(name), await self._entry(node, listing.fixed is not None))
         if listing.fixed is not None:
             listing.replies[i] = reply
@@ -214,11 +211,16 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.handles[fh]
         assert isinstance(listing, OpenDir)
+        replies, inodes = listing.replies, self.inodes  # a warm `find` spends its time in this loop
         for i in range(start_id, len(listing.entries)):
-            name, attr = await self._listed(listing, i)
-            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+            name, node = listing.entries[i]
+            reply = replies[i] if replies else None
+            # The number a kept reply gave must still be the node's: not if the kernel forgot it since.
+            if reply is None or not (inodes.holds(reply[1].st_ino, node) or inodes.add(node) == reply[1].st_ino):
+                reply = await self._listed(listing, i)
+            if not pyfuse3.readdir_reply(token, reply[0], reply[1], i + 1):
                 break
-            self.inodes.remember(attr.st_ino, listing.ino, listing.entries[i][0])  # readdirplus: a lookup
+            inodes.remember(reply[1].st_ino, listing.ino, name)  # readdirplus: a lookup
 
     @_guard
     async def releasedir(self, fh: int) -> None:
