@@ -59,6 +59,11 @@ _REPLACED = (f"SELECT {', '.join(f'o.{a}' for a in ATTRS.split(', '))} FROM {_OV
              "WHERE o.name = ? AND d.path = ? AND o.wrote != ?")
 
 
+def _dirname(path: Path) -> bytes:
+    """A directory's path as `dirname` holds it (each name and a slash): `_OVER_PATH` and `_REPLACED` join on it."""
+    return b"".join(name + b"/" for name in path)
+
+
 class RootMerge:
     def __init__(self, con: sqlite3.Connection, root_name: bytes) -> None:
         self.con = con
@@ -158,7 +163,7 @@ class RootMerge:
         parents = [p for (p,) in con.execute("SELECT DISTINCT parent FROM over WHERE rowid > ?", (self.seen,))
                    if p not in self.named]
         con.executemany("INSERT INTO dirname VALUES (?,?)",
-                        [(p, b"".join(name + b"/" for name in self.tree.dirs[p].path)) for p in parents])
+                        [(p, _dirname(self.tree.dirs[p].path)) for p in parents])
         self.named.update(parents)
         con.execute(_OVER_CHG, (self.seen, n))
         for layer, size, lower in con.execute(
@@ -299,7 +304,7 @@ class RootMerge:
         each path, with all below it) at `path` or above it that holds it."""
         whole = b"/".join(path)
         self.con.execute("CREATE INDEX IF NOT EXISTS temp.over_name ON over(name)")
-        deepest_first = [(_REPLACED, (path[-1], b"".join(name + b"/" for name in path[:-1]), self.n))] + [
+        deepest_first = [(_REPLACED, (path[-1], _dirname(path[:-1]), self.n))] + [
             (f"SELECT {ATTRS} FROM removed WHERE top = ? AND path = ?", (b"/".join(path[:depth]), whole))
             for depth in range(len(path), 0, -1)]
         for query, args in deepest_first:
